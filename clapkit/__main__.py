@@ -1,0 +1,5 @@
+import sys
+
+from clapkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,146 @@
+"""Typed model configuration parsed from ``model_configs/*.json``.
+
+A model config names an audio tower and a text tower (by registry name, with their own
+parameters), optional trainable sequence heads on top of them, the projections into the joint
+space and the audio input policy. Units are in the field comments.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class MelConfig:
+    """Log-mel front end; defaults are the LAION-CLAP preset (matches HF ``ClapFeatureExtractor``)."""
+
+    sample_rate: int = 48000  # Hz
+    n_fft: int = 1024  # samples
+    win_length: int | None = None  # samples; None = n_fft
+    hop_length: int = 480  # samples (10 ms at 48 kHz)
+    n_mels: int = 64
+    f_min: float = 50.0  # Hz
+    f_max: float | None = 14000.0  # Hz; None = Nyquist
+    mel_scale: str = "slaney"  # "slaney" | "htk"
+    norm: str | None = "slaney"  # filter normalisation: "slaney" (area) | "l1" (unit sum, librosa norm=1) | None
+    power: float = 2.0  # 2 = power spectrogram, 1 = magnitude
+    log: str = "db"  # "db": 10·log10(max(x, amin)); "ln": ln(x + amin); "log10p": log10(log_mult·x + 1)
+    amin: float = 1e-10  # log floor ("db", "ln")
+    log_mult: float = 1.0  # gain inside "log10p"
+    out_scale: float = 1.0  # the log-mel is divided by this (min-max scaling of pretrained CNNs)
+    top_db: float | None = None  # dB dynamic range clamp; None = no clamp
+    center: bool = True
+    pad_mode: str = "reflect"  # STFT padding when center: "reflect" (LAION, HF) | "constant" (librosa ≥ 0.10)
+
+
+@dataclass
+class AudioConfig:
+    """How raw audio becomes fixed-length model input."""
+
+    sample_rate: int = 48000  # Hz; every input is resampled to this
+    clip_seconds: float = 10.0  # s; one window of model input
+    hop_seconds: float = 5.0  # s; window hop for audio longer than one clip
+    pad: str = "repeatpad"  # "repeatpad" (LAION-CLAP) | "zero"
+
+    @property
+    def clip_samples(self) -> int:
+        return round(self.clip_seconds * self.sample_rate)
+
+    @property
+    def hop_samples(self) -> int:
+        return round(self.hop_seconds * self.sample_rate)
+
+
+@dataclass
+class TowerConfig:
+    """An encoder tower chosen by registry name; ``params`` go to its constructor."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    freeze: bool = False  # frozen towers stay in eval mode and out of the optimizer
+
+
+@dataclass
+class HeadConfig:
+    """Trainable transformer over a (usually frozen) tower's sequence, e.g. to learn event order."""
+
+    layers: int = 1
+    width: int = 256
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    max_len: int = 512  # positions (frames or tokens)
+    pool: str = "mean"  # "mean" over valid positions | "cls"
+
+
+@dataclass
+class ProjectionConfig:
+    """Map a tower's pooled feature into the joint space."""
+
+    type: str = "mlp"  # "linear" | "mlp" (Linear → act → Linear, as LAION-CLAP and HF ClapModel)
+    hidden: int | None = None  # None = embed_dim
+    act: str = "relu"  # "relu" | "gelu"
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build a ``ClapModel``."""
+
+    embed_dim: int
+    audio_tower: TowerConfig
+    text_tower: TowerConfig
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    frontend: MelConfig | None = None  # log-mel input of spectrogram towers
+    audio_head: HeadConfig | None = None
+    text_head: HeadConfig | None = None
+    audio_projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    text_projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    logit_scale_init: float = 1 / 0.07  # initial 1/temperature (CLIP)
+    logit_scale_max: float = 100.0  # clamp of exp(logit_scale), as CLIP
+    name: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = copy.deepcopy(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        for key, typ in (
+            ("audio_tower", TowerConfig),
+            ("text_tower", TowerConfig),
+            ("audio", AudioConfig),
+            ("frontend", MelConfig),
+            ("audio_head", HeadConfig),
+            ("text_head", HeadConfig),
+            ("audio_projection", ProjectionConfig),
+            ("text_projection", ProjectionConfig),
+        ):
+            if isinstance(d.get(key), dict):
+                d[key] = _build(typ, d[key], key)
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(typ: type, d: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in dataclasses.fields(typ)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)} in {where!r}; valid keys: {sorted(known)}")
+    return typ(**d)
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: nested dicts are merged, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
