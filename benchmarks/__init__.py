@@ -1,0 +1,1 @@
+"""Side-by-side speed benchmarks against peers, measured in the same run (ratios, not absolute targets)."""
