@@ -16,13 +16,13 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from transformers import ClapConfig, ClapFeatureExtractor, ClapModel  # noqa: E402
+import numpy as np
+import torch
+from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
 
-import clapkit  # noqa: E402
-from benchmarks.common import interleaved, machine  # noqa: E402
-from clapkit.features import LAION_PRESET, LogMel  # noqa: E402
+import clapkit
+from benchmarks.common import interleaved, machine
+from clapkit.features import LAION_PRESET, LogMel
 
 RATE = 48000  # Hz
 SECONDS = 10
