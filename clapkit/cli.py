@@ -16,6 +16,7 @@ from pathlib import Path
 COMMAND_MODULES: list[str] = [
     "clapkit.cli",
     "clapkit.data.cli",
+    "clapkit.datasets.cli",
 ]
 
 

@@ -1,0 +1,294 @@
+"""The reviewed class map of a dataset built from installed files: packages, classes and their sources.
+
+A class map is a JSON file (see ``resources/debian_sounds.json``)::
+
+    {"name": ..., "process": {ProcessConfig fields}, "test_fraction": 0.25, "min_clips": 3,
+     "render_captions": {"pitched": [templates], "drums": [templates]},
+     "packages": {name: {"root": dir, "short": tag, "license": fallback, "copyright": DEP-5 file,
+                         "dep5_map": [[installed prefix, upstream prefix]], "soundfont": file}},
+     "classes": {name: {"label": text, "kind": "event" | "instrument" | "speech", "captions": [...],
+                        "note": review note, "sources": [source, ...], "excluded": [exclusion, ...]}},
+     "rejected": [{"class": ..., "reason": ...}]}
+
+A source takes files from one package: ``{"package", "files": [glob, ...]}`` (paths under the
+package root, or members of ``"rcc"`` for Qt resource files), with optional ``segments`` (hand-cut
+``[start, end]`` seconds), ``chunk_seconds``, ``captions``, ``attributes``, ``group`` (clips that
+share a group share a split), ``split`` (fixed ``"train"`` / ``"test"``), ``max_files`` and ``note``;
+or renders notes: ``{"package", "render": {"program", "keys", "velocities", "drums", ...}}``.
+An exclusion ``{"package", ["rcc"], "file", "reason"}`` removes a file from the class's globs and
+records why it was left out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clapkit.datasets.curation import ProcessConfig
+
+__all__ = ["ClassMap", "ClassSpec", "Exclusion", "PackageSpec", "RenderSpec", "SourceSpec", "load_class_map"]
+
+KINDS = ("event", "instrument", "speech")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    """Where a Debian package's files are and under which license they come."""
+
+    name: str
+    root: Path
+    short: str
+    license: str
+    copyright: Path | None = None
+    dep5_map: tuple[tuple[str, str], ...] = ()
+    soundfont: str | None = None
+
+    def upstream_path(self, relative: str) -> str:
+        """Map an installed relative path to its path in the DEP-5 copyright file."""
+        for installed, upstream in self.dep5_map:
+            if relative.startswith(installed):
+                return upstream + relative[len(installed) :]
+        return relative
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """Notes rendered from a SoundFont: every key at every velocity, ``hits`` times ``interval_seconds`` apart."""
+
+    program: int
+    keys: tuple[int, ...]
+    velocities: tuple[int, ...]
+    bank: int = 0
+    drums: bool = False
+    hold_seconds: float = 1.0
+    release_seconds: float = 1.0
+    hits: int = 1
+    interval_seconds: float = 0.25
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One entry of a class's ``sources`` list."""
+
+    package: str
+    files: tuple[str, ...] = ()
+    rcc: str | None = None
+    render: RenderSpec | None = None
+    segments: tuple[tuple[float, float], ...] = ()
+    chunk_seconds: float | None = None
+    captions: tuple[str, ...] = ()
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    group: str | None = None
+    split: str | None = None
+    max_files: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A file deliberately left out of a class, with the reason found in review."""
+
+    package: str
+    file: str
+    reason: str
+    rcc: str | None = None
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    name: str
+    label: str
+    kind: str
+    captions: tuple[str, ...]
+    sources: tuple[SourceSpec, ...]
+    note: str = ""
+    excluded: tuple[Exclusion, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    name: str
+    process: ProcessConfig
+    test_fraction: float
+    min_clips: int
+    packages: Mapping[str, PackageSpec]
+    classes: Mapping[str, ClassSpec]
+    render_captions: Mapping[str, tuple[str, ...]]
+    rejected: tuple[Mapping[str, Any], ...] = ()
+    path: Path | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+def _need(obj: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in obj:
+        raise ValueError(f"{where}: missing {key!r}")
+    value = obj[key]
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}: {key!r} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"{where}: must be a list of non-empty strings")
+    return tuple(v.strip() for v in value)
+
+
+def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; valid: {sorted(allowed)}")
+
+
+def _package(name: str, raw: Mapping[str, Any], base: Path) -> PackageSpec:
+    where = f"packages.{name}"
+    _check_keys(raw, {"root", "short", "license", "copyright", "dep5_map", "soundfont", "note"}, where)
+    copyright_path = raw.get("copyright")
+    return PackageSpec(
+        name=name,
+        root=(base / _need(raw, "root", where, str)).resolve(),
+        short=_need(raw, "short", where, str),
+        license=_need(raw, "license", where, str),
+        copyright=(base / copyright_path) if copyright_path else None,
+        dep5_map=tuple((str(a), str(b)) for a, b in raw.get("dep5_map", [])),
+        soundfont=raw.get("soundfont"),
+    )
+
+
+def _render(raw: Mapping[str, Any], where: str) -> RenderSpec:
+    fields = {
+        "program",
+        "keys",
+        "velocities",
+        "bank",
+        "drums",
+        "hold_seconds",
+        "release_seconds",
+        "hits",
+        "interval_seconds",
+    }
+    _check_keys(raw, fields, where)
+    keys = _need(raw, "keys", where, list)
+    velocities = _need(raw, "velocities", where, list)
+    if not keys or not velocities:
+        raise ValueError(f"{where}: keys and velocities must not be empty")
+    return RenderSpec(
+        program=int(raw.get("program", 0)),
+        keys=tuple(int(k) for k in keys),
+        velocities=tuple(int(v) for v in velocities),
+        bank=int(raw.get("bank", 0)),
+        drums=bool(raw.get("drums", False)),
+        hold_seconds=float(raw.get("hold_seconds", 1.0)),
+        release_seconds=float(raw.get("release_seconds", 1.0)),
+        hits=int(raw.get("hits", 1)),
+        interval_seconds=float(raw.get("interval_seconds", 0.25)),
+    )
+
+
+def _source(raw: Mapping[str, Any], where: str, packages: Mapping[str, PackageSpec]) -> SourceSpec:
+    allowed = {"package", "files", "rcc", "render", "segments", "chunk_seconds", "captions", "attributes"}
+    _check_keys(raw, allowed | {"group", "split", "max_files", "note"}, where)
+    package = _need(raw, "package", where, str)
+    if package not in packages:
+        raise ValueError(f"{where}: unknown package {package!r}; declared: {sorted(packages)}")
+    if ("files" in raw) == ("render" in raw):
+        raise ValueError(f"{where}: give exactly one of 'files' (globs) or 'render' (notes)")
+    render = _render(raw["render"], f"{where}.render") if "render" in raw else None
+    if render is not None and not packages[package].soundfont:
+        raise ValueError(f"{where}: package {package!r} has no 'soundfont' to render from")
+    split = raw.get("split")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"{where}: split {split!r} must be one of {SPLITS}")
+    segments = tuple((float(a), float(b)) for a, b in raw.get("segments", []))
+    return SourceSpec(
+        package=package,
+        files=_strings(raw["files"], f"{where}.files") if "files" in raw else (),
+        rcc=raw.get("rcc"),
+        render=render,
+        segments=segments,
+        chunk_seconds=raw.get("chunk_seconds"),
+        captions=_strings(raw.get("captions", []), f"{where}.captions"),
+        attributes=dict(raw.get("attributes", {})),
+        group=raw.get("group"),
+        split=split,
+        max_files=raw.get("max_files"),
+        note=raw.get("note", ""),
+    )
+
+
+def _class(name: str, raw: Mapping[str, Any], packages: Mapping[str, PackageSpec]) -> ClassSpec:
+    where = f"classes.{name}"
+    _check_keys(raw, {"label", "kind", "captions", "sources", "note", "excluded"}, where)
+    kind = raw.get("kind", "event")
+    if kind not in KINDS:
+        raise ValueError(f"{where}: kind {kind!r} must be one of {KINDS}")
+    sources = _need(raw, "sources", where, list)
+    if not sources:
+        raise ValueError(f"{where}: no sources")
+    excluded = []
+    for i, ex in enumerate(raw.get("excluded", [])):
+        ew = f"{where}.excluded[{i}]"
+        _check_keys(ex, {"package", "rcc", "file", "reason"}, ew)
+        package, file, reason = (_need(ex, key, ew, str) for key in ("package", "file", "reason"))
+        excluded.append(Exclusion(package, file, reason, ex.get("rcc")))
+    captions = _strings(_need(raw, "captions", where, list), f"{where}.captions")
+    if not captions:
+        raise ValueError(f"{where}.captions: give at least one caption phrasing")
+    return ClassSpec(
+        name=name,
+        label=_need(raw, "label", where, str),
+        kind=kind,
+        captions=captions,
+        sources=tuple(_source(s, f"{where}.sources[{i}]", packages) for i, s in enumerate(sources)),
+        note=raw.get("note", ""),
+        excluded=tuple(excluded),
+    )
+
+
+def load_class_map(source: str | Path | Mapping[str, Any]) -> ClassMap:
+    """Read and validate a class map (a JSON path or an already-parsed mapping).
+
+    Relative package roots and copyright paths are relative to the JSON file's folder (absolute
+    ones, such as ``/usr/share/...``, are used as they are).
+
+    Raises:
+        FileNotFoundError: the JSON file does not exist.
+        ValueError: a malformed entry; the message names it (``classes.dog.sources[2]: ...``).
+    """
+    path = None
+    if isinstance(source, Mapping):
+        raw, base = source, Path.cwd()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such class map")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        base = path.parent
+    _check_keys(
+        raw,
+        {"name", "description", "process", "test_fraction", "min_clips", "render_captions", "packages", "classes"}
+        | {"rejected"},
+        str(path or "class map"),
+    )
+    packages = {n: _package(n, p, base) for n, p in _need(raw, "packages", "class map", dict).items()}
+    classes = {n: _class(n, c, packages) for n, c in _need(raw, "classes", "class map", dict).items()}
+    captions = raw.get("render_captions", {})
+    return ClassMap(
+        name=raw.get("name", path.stem if path else "dataset"),
+        process=ProcessConfig.from_dict(raw.get("process", {}), "process"),
+        test_fraction=float(raw.get("test_fraction", 0.25)),
+        min_clips=int(raw.get("min_clips", 3)),
+        packages=packages,
+        classes=classes,
+        render_captions={k: _strings(v, f"render_captions.{k}") for k, v in captions.items()},
+        rejected=tuple(raw.get("rejected", [])),
+        path=path,
+        raw=raw,
+    )

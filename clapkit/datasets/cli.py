@@ -1,0 +1,49 @@
+"""``clapkit data build NAME --out DIR``: build a registered dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from clapkit.datasets import DATASETS
+from clapkit.datasets.builder import format_summary
+from clapkit.datasets.debian_sounds import APT_PACKAGES
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    options = {"force": args.force, "skip_missing": args.skip_missing, "progress": not args.quiet}
+    if args.class_map:
+        options["class_map"] = args.class_map
+    result = DATASETS.get(args.name)(args.out, **options)
+    if args.json:
+        print(json.dumps({"out": str(result.out_dir), "counts": result.counts(), "seconds": result.seconds}))
+    else:
+        print(format_summary(result))
+        print(f"wrote {len(result.records)} clips to {result.out_dir} (metadata.jsonl, train/test.jsonl, summary.json)")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser(
+        "data",
+        help="build labeled clip datasets from installed audio",
+        description="Datasets of labeled audio clips built from files already on the machine.",
+    )
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    p = commands.add_parser(
+        "build",
+        help="build a dataset folder of clips + metadata",
+        description="Collect, trim, loudness-normalise and split the clips of a dataset into DIR: "
+        "clips/<class>/*.flac, metadata.jsonl with train.jsonl / test.jsonl (inputs for `clapkit shards write "
+        "--from`), index.csv and summary.json. A rerun reuses unchanged clips and removes clips no longer made.",
+        epilog=f"Datasets: {', '.join(DATASETS.names())}. debian-sounds reads the Debian packages "
+        f"{' '.join(APT_PACKAGES)} (installed by `make venv`). See docs/data.md.",
+    )
+    p.add_argument("name", choices=DATASETS.names(), help="dataset to build")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--class-map", metavar="JSON", help="use this class map instead of the shipped one")
+    p.add_argument("--force", action="store_true", help="re-encode every clip instead of reusing unchanged ones")
+    p.add_argument("--skip-missing", action="store_true", help="build from the installed packages only")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_build)

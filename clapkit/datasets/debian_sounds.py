@@ -1,0 +1,51 @@
+"""``debian-sounds``: sound events, instrument notes and speech from Debian packages.
+
+The sources are game and education packages whose audio nobody on this project recorded
+(tuxpaint-stamps-default, minetest-data, gcompris-qt-data, sonic-pi-samples) and the FluidR3 GM
+SoundFont (fluid-soundfont-gm), rendered note by note. Which files make which class, and which files
+were left out and why, is the reviewed class map ``resources/debian_sounds.json``; see docs/data.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clapkit.datasets.builder import BuildResult, build_dataset
+from clapkit.datasets.classmap import ClassMap
+from clapkit.datasets.registry import DATASETS
+
+__all__ = ["APT_PACKAGES", "DEFAULT_CLASS_MAP", "build"]
+
+DEFAULT_CLASS_MAP = Path(__file__).with_name("resources") / "debian_sounds.json"
+#: The Debian packages the default class map reads.
+APT_PACKAGES = (
+    "tuxpaint-stamps-default",
+    "minetest-data",
+    "gcompris-qt-data",
+    "sonic-pi-samples",
+    "fluid-soundfont-gm",
+)
+
+
+@DATASETS.register("debian-sounds")
+def build(
+    out_dir: str | Path,
+    *,
+    class_map: str | Path | ClassMap = DEFAULT_CLASS_MAP,
+    force: bool = False,
+    skip_missing: bool = False,
+    progress: bool = True,
+) -> BuildResult:
+    """Build the debian-sounds clip dataset into ``out_dir``.
+
+    Args:
+        out_dir: Dataset folder (``clips/<class>/*.flac``, ``metadata.jsonl``, ``index.csv``, ``summary.json``).
+        class_map: The class map; the reviewed one shipped with clapkit by default.
+        force: Re-encode every clip even if an identical one is already there.
+        skip_missing: Build from whichever of the packages are installed instead of raising.
+        progress: Show a progress bar.
+
+    Raises:
+        FileNotFoundError: a package is not installed (the message gives the apt-get command).
+    """
+    return build_dataset(out_dir, class_map, force=force, skip_missing=skip_missing, progress=progress)

@@ -1,0 +1,267 @@
+"""The dataset builder end to end on a synthetic package tree (no Debian packages needed)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from clapkit.cli import main
+from clapkit.data.inputs import read_jsonl
+from clapkit.datasets import build_dataset, check_class_map, format_summary, load_class_map
+
+RATE = 16000  # Hz; the test class map writes clips at this rate
+
+
+def _tone(freq: float, seconds: float, *, lead: float = 0.3, tail: float = 0.3, seed: int = 0) -> np.ndarray:
+    """A decaying harmonic tone between stretches of a quiet noise floor, float32 [T]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * RATE)) / RATE
+    body = sum(np.sin(2 * math.pi * freq * k * t) / k for k in (1, 2, 3)) * 0.3 * np.exp(-t)
+    floor = lambda s: 1e-4 * rng.standard_normal(round(s * RATE))  # noqa: E731
+    return np.concatenate([floor(lead), body, floor(tail)]).astype(np.float32)
+
+
+def _noise_burst(seed: int, seconds: float, cutoff: float) -> np.ndarray:
+    wave = torch.from_numpy(np.random.default_rng(seed).uniform(-0.5, 0.5, round(seconds * RATE)).astype(np.float32))
+    return AF.lowpass_biquad(wave, RATE, cutoff).numpy()
+
+
+def _wav(wave: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave, RATE, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _make_rcc(files: dict[str, bytes]) -> bytes:
+    """A format-version-2 Qt resource file (the layout of ``rcc --binary``), zlib-compressing every file."""
+    tree: dict = {}
+    for path, data in files.items():
+        node = tree
+        *dirs, leaf = path.split("/")
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[leaf] = data
+    order: list[tuple[str, object]] = [("", tree)]  # breadth first: a directory's children are contiguous
+    first_child: dict[int, int] = {}
+    i = 0
+    while i < len(order):
+        _, item = order[i]
+        if isinstance(item, dict):
+            first_child[i] = len(order)
+            order.extend(sorted(item.items()))
+        i += 1
+    names, data_blob, nodes = b"", b"", b""
+    for index, (name, item) in enumerate(order):
+        name_offset = len(names)
+        names += struct.pack(">HI", len(name), 0) + name.encode("utf-16-be")
+        if isinstance(item, dict):
+            nodes += struct.pack(">iHii", name_offset if index else 0, 2, len(item), first_child[index])
+        else:
+            packed = struct.pack(">I", len(item)) + zlib.compress(item)
+            nodes += struct.pack(">iHhhi", name_offset, 1, 0, 1, len(data_blob))
+            data_blob += struct.pack(">I", len(packed)) + packed
+        nodes += struct.pack(">q", 0)
+    header = 20
+    data_offset, names_offset = header, header + len(data_blob)
+    tree_offset = names_offset + len(names)
+    return b"qres" + struct.pack(">iiii", 2, tree_offset, data_offset, names_offset) + data_blob + names + nodes
+
+
+COPYRIGHT = """\
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+
+Files: *
+Copyright: 2024 Nobody
+License: GPL-3+
+
+Files: sounds/beep_c.wav
+Copyright: 2024 Somebody
+License: CC0-1.0
+"""
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """Two fake packages: loose wav files with a DEP-5 copyright, and a Qt resource archive."""
+    files = tmp_path / "pkg_files"
+    (files / "sounds").mkdir(parents=True)
+    for name, freq in [("beep_a", 330), ("beep_b", 440), ("beep_c", 550), ("beep_bad", 660)]:
+        (files / "sounds" / f"{name}.wav").write_bytes(_wav(_tone(freq, 1.0, seed=freq)))
+    (files / "sounds" / "beep_copy.wav").write_bytes(_wav(0.5 * _tone(330, 1.0, seed=330)))  # beep_a, quieter
+    (files / "sounds" / "blip.wav").write_bytes(_wav(_tone(880, 0.2)))  # 0.2 s: too short
+    (files / "sounds" / "beep_broken.wav").write_bytes(b"RIFF not really a wav file")
+    (files / "copyright").write_text(COPYRIGHT)
+    members = {
+        "game/noise/hiss_low.wav": _wav(_noise_burst(1, 1.5, 500)),
+        "game/noise/hiss_high.wav": _wav(_noise_burst(2, 1.5, 6000)),
+        "game/noise/long.wav": _wav(np.concatenate([_noise_burst(3, 1.2, 2000), _noise_burst(4, 1.3, 3000)])),
+        "game/other/lonely.wav": _wav(_tone(200, 1.0)),
+    }
+    (tmp_path / "pkg_rcc").mkdir()
+    (tmp_path / "pkg_rcc" / "res.rcc").write_bytes(_make_rcc(members))
+    return tmp_path
+
+
+def _class_map(tree: Path) -> dict:
+    return {
+        "name": "toy",
+        "process": {"sample_rate": RATE, "min_seconds": 0.5, "target_lufs": -23.0},
+        "test_fraction": 0.34,
+        "packages": {
+            "files-pkg": {
+                "root": str(tree / "pkg_files"),
+                "short": "fp",
+                "license": "GPL-3+",
+                "copyright": str(tree / "pkg_files" / "copyright"),
+            },
+            "rcc-pkg": {"root": str(tree / "pkg_rcc"), "short": "rp", "license": "CC-BY-3.0"},
+        },
+        "classes": {
+            "beep": {
+                "label": "beeping",
+                "captions": ["a beep", "beeping tones"],
+                "note": "synthetic",
+                "sources": [{"package": "files-pkg", "files": ["sounds/beep_*.wav", "sounds/blip.wav"]}],
+                "excluded": [{"package": "files-pkg", "file": "sounds/beep_bad.wav", "reason": "sounds wrong"}],
+            },
+            "hiss": {
+                "label": "hissing",
+                "captions": ["a hiss"],
+                "note": "synthetic",
+                "sources": [
+                    {"package": "rcc-pkg", "rcc": "res.rcc", "files": ["game/noise/hiss_*.wav"]},
+                    {
+                        "package": "rcc-pkg",
+                        "rcc": "res.rcc",
+                        "files": ["game/noise/long.wav"],
+                        "segments": [[0, 1.2], [1.2, 2.5]],
+                        "captions": ["a long hiss"],
+                        "attributes": {"take": 2},
+                    },
+                ],
+            },
+            "lonely": {
+                "label": "humming",
+                "captions": ["a hum"],
+                "note": "too few clips on purpose",
+                "sources": [{"package": "rcc-pkg", "rcc": "res.rcc", "files": ["game/other/*.wav"]}],
+            },
+        },
+    }
+
+
+def _records(out: Path) -> dict[str, dict]:
+    lines = (out / "metadata.jsonl").read_text().splitlines()
+    return {rec["audio"]: rec for rec in map(json.loads, lines)}
+
+
+def test_build_curates_splits_and_describes_every_clip(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = build_dataset(out, load_class_map(_class_map(tree)), progress=False)
+    records = _records(out)
+    by_class: dict[str, list[dict]] = {}
+    for rec in records.values():
+        by_class.setdefault(rec["class"], []).append(rec)
+
+    # beep: beep_bad excluded by review, blip too short, beep_copy a duplicate of beep_a.
+    assert sorted(Path(r["audio"]).stem for r in by_class["beep"]) == ["fp-beep-a", "fp-beep-b", "fp-beep-c"]
+    assert [d["dropped"] for d in result.duplicates] == ["clips/beep/fp-beep-copy.flac"]
+    reasons = {s["source"]: s["reason"] for s in result.skipped}
+    assert "shorter than min_seconds" in reasons["files-pkg:sounds/blip.wav"]
+    assert "cannot decode" in reasons["files-pkg:sounds/beep_broken.wav"]
+    assert "lonely" in {d["class"] for d in result.dropped_classes} and "lonely" not in by_class
+
+    # hiss: two files plus two hand-cut segments of long.wav that share one group and split.
+    hiss = {Path(r["audio"]).stem: r for r in by_class["hiss"]}
+    assert set(hiss) == {"rp-hiss-low", "rp-hiss-high", "rp-long-s1", "rp-long-s2"}
+    assert hiss["rp-long-s1"]["group"] == hiss["rp-long-s2"]["group"]
+    assert hiss["rp-long-s1"]["split"] == hiss["rp-long-s2"]["split"]
+    assert hiss["rp-long-s2"]["segment"] == [1.2, 2.5] and hiss["rp-long-s2"]["attributes"] == {"take": 2}
+    assert hiss["rp-long-s1"]["captions"] == ["a long hiss", "a hiss"]
+    assert hiss["rp-long-s1"]["source_file"].endswith("res.rcc:/game/noise/long.wav")
+
+    for recs in by_class.values():
+        assert {r["split"] for r in recs} == {"train", "test"}
+    # Licenses: DEP-5 per file, the package fallback where no copyright file exists.
+    lic = {Path(r["audio"]).stem: r["license"] for r in records.values()}
+    assert lic["fp-beep-c"] == "CC0-1.0" and lic["fp-beep-a"] == "GPL-3+" and lic["rp-hiss-low"] == "CC-BY-3.0"
+
+    for rec in records.values():
+        wave, rate = sf.read(out / rec["audio"], dtype="float32")
+        assert rate == RATE and wave.ndim == 1
+        assert rec["labels"] == [{"beep": "beeping", "hiss": "hissing"}[rec["class"]]]
+        assert abs(len(wave) / RATE - rec["duration"]) < 1e-3 and rec["duration"] >= 0.5
+        assert np.abs(wave).max() <= 10 ** (-1 / 20) + 1e-3  # peak ceiling -1 dBFS
+        lufs = float(AF.loudness(torch.from_numpy(wave).double().unsqueeze(0), RATE))
+        limited = rec["stats"]["gain_db"] < -23.0 - rec["stats"]["loudness_lufs"] - 0.01
+        assert limited or abs(lufs + 23.0) < 0.5
+    beep_a = next(r for r in by_class["beep"] if r["audio"].endswith("fp-beep-a.flac"))
+    assert abs(beep_a["duration"] - 1.0) < 0.06 and abs(beep_a["stats"]["trim_start"] - 0.3) < 0.03
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clips"] == len(records) == 7 and summary["classes"]["hiss"]["packages"] == ["rcc-pkg"]
+    assert (out / "index.csv").read_text().startswith("path,class,label,kind,split")
+    for split in ("train", "test"):  # per-split listings that the shard writer reads as they are
+        inputs = read_jsonl(out / f"{split}.jsonl")
+        assert inputs and all(i.error is None and i.fields["split"] == split for i in inputs)
+        assert all(Path(i.audio).is_file() and i.fields["captions"] for i in inputs)
+    assert "beep" in format_summary(result) and "dropped class lonely" in format_summary(result)
+
+
+def test_rebuild_reuses_clips_removes_stale_ones_and_keeps_splits(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    raw = _class_map(tree)
+    first = build_dataset(out, load_class_map(raw), progress=False)
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.flac")}
+    again = build_dataset(out, load_class_map(raw), progress=False)
+    assert again.reused == len(first.records)  # dropped duplicates and too-small classes are re-checked
+    assert {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.flac")} == mtimes
+    assert [r.to_json() for r in again.records] == [r.to_json() for r in first.records]
+
+    raw["classes"]["beep"]["captions"] = ["a new phrasing"]  # metadata follows the map without re-encoding
+    del raw["classes"]["hiss"]
+    third = build_dataset(out, load_class_map(raw), progress=False)
+    assert third.reused == 3 and not (out / "clips" / "hiss").exists()
+    assert all(r["captions"] == ["a new phrasing"] for r in _records(out).values())
+
+    forced = build_dataset(out, load_class_map(raw), force=True, progress=False)
+    assert forced.reused == 0
+
+
+def test_missing_package_raises_with_the_install_command(tree: Path, tmp_path: Path) -> None:
+    raw = _class_map(tree)
+    raw["packages"]["rcc-pkg"]["root"] = str(tmp_path / "not-installed")
+    with pytest.raises(FileNotFoundError, match="apt-get install rcc-pkg"):
+        build_dataset(tmp_path / "out", load_class_map(raw), progress=False)
+    result = build_dataset(tmp_path / "out", load_class_map(raw), skip_missing=True, progress=False)
+    assert result.missing_packages == ["rcc-pkg"] and set(result.counts()) == {"beep"}
+
+
+def test_check_reports_bad_globs_and_stale_exclusions(tree: Path) -> None:
+    raw = _class_map(tree)
+    raw["classes"]["beep"]["sources"].append({"package": "files-pkg", "files": ["sounds/typo_*.wav"]})
+    raw["classes"]["beep"]["excluded"].append({"package": "files-pkg", "file": "sounds/gone.wav", "reason": "x"})
+    report = check_class_map(load_class_map(raw))
+    assert report["planned"]["hiss"] == 4 and report["planned"]["beep"] == 6
+    problems = " ".join(p["reason"] for p in report["problems"])
+    assert "sounds/typo_*.wav" in problems and "excluded file not found" in problems
+
+
+def test_cli_builds_with_a_class_map(tree: Path, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps(_class_map(tree)))
+    out = tmp_path / "cli-out"
+    assert main(["data", "build", "debian-sounds", "--class-map", str(path), "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "hiss" in text and "wrote 7 clips" in text
+    assert main(["data", "build", "debian-sounds", "--class-map", str(tmp_path / "nope.json"), "--out", str(out)]) == 2

@@ -1,0 +1,82 @@
+"""debian-sounds on the real Debian packages (installed by `make venv`; skipped with the reason if absent)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from clapkit.datasets import DATASETS, DEFAULT_CLASS_MAP, build_dataset, check_class_map, load_class_map
+from clapkit.datasets.debian_sounds import APT_PACKAGES
+from clapkit.datasets.render import NoteRenderer
+
+RAW = json.loads(DEFAULT_CLASS_MAP.read_text())
+MISSING = [name for name, pkg in RAW["packages"].items() if not Path(pkg["root"]).exists()]
+needs_packages = pytest.mark.skipif(
+    bool(MISSING), reason=f"Debian packages not installed: {' '.join(MISSING)} (make venv installs them)"
+)
+SOUNDFONT = Path(RAW["packages"]["fluid-soundfont-gm"]["root"]) / RAW["packages"]["fluid-soundfont-gm"]["soundfont"]
+
+
+def test_registry_and_package_list_agree_with_the_class_map() -> None:
+    assert "debian-sounds" in DATASETS.names()
+    assert sorted(APT_PACKAGES) == sorted(RAW["packages"])
+
+
+@needs_packages
+def test_every_source_of_the_shipped_class_map_resolves() -> None:
+    report = check_class_map(DEFAULT_CLASS_MAP)
+    assert report["problems"] == [] and report["missing_packages"] == []
+    cmap = load_class_map(DEFAULT_CLASS_MAP)
+    events = [name for name, c in cmap.classes.items() if c.kind == "event"]
+    assert len(events) >= 20
+    assert all(report["planned"][name] >= cmap.min_clips for name in cmap.classes)
+
+
+@needs_packages
+def test_build_a_slice_of_debian_sounds(tmp_path: Path) -> None:
+    """dog (tuxpaint + gcompris .rcc), fire (minetest), tom_drum (sonic-pi + GM drums), violin (GM notes)."""
+    raw = dict(RAW, classes={k: RAW["classes"][k] for k in ("dog", "fire", "tom_drum", "violin")})
+    raw["classes"]["violin"] = dict(raw["classes"]["violin"], sources=raw["classes"]["violin"]["sources"][:1])
+    result = build_dataset(tmp_path, load_class_map(raw), progress=False)
+    counts = result.counts()
+    assert counts["dog"] == {"train": 3, "test": 1}
+    assert sum(counts["violin"].values()) == 10  # 5 keys x 2 velocities
+    assert {r.source_package for r in result.records if r.cls == "dog"} == {
+        "tuxpaint-stamps-default",
+        "gcompris-qt-data",
+    }
+    assert {r.license for r in result.records if r.cls == "fire"} == {"CC-BY-SA-3.0"}
+    toms = {r.attributes.get("pitch") for r in result.records if r.source_package == "sonic-pi-samples"}
+    assert toms == {"high", "mid", "low"}
+    for rec in result.records:
+        info = sf.info(str(tmp_path / rec.audio))
+        assert info.samplerate == 44100 and info.channels == 1 and info.duration >= 0.5
+    # A4 on the violin: the spectrum's peak is a harmonic of 440 Hz.
+    a4 = next(r for r in result.records if r.attributes.get("pitch") == "A4" and r.attributes["velocity"] > 80)
+    wave, rate = sf.read(tmp_path / a4.audio)
+    spectrum = np.abs(np.fft.rfft(wave))
+    peak = np.fft.rfftfreq(len(wave), 1 / rate)[spectrum.argmax()]
+    assert abs(peak / 440 - round(peak / 440)) < 0.02
+    assert "a mid note on the violin" in a4.captions and "a violin" in a4.captions
+    again = build_dataset(tmp_path, load_class_map(raw), progress=False)
+    assert again.reused == len(result.records)
+
+
+@pytest.mark.skipif(not SOUNDFONT.is_file(), reason="fluid-soundfont-gm is not installed (make venv installs it)")
+def test_note_renderer_plays_the_requested_pitch_and_hits() -> None:
+    renderer = NoteRenderer(SOUNDFONT, sample_rate=22050)
+    assert renderer.preset_name(0) and "Piano" in renderer.preset_name(0)
+    note = renderer.render(69, 100, program=73, hold_seconds=0.5, release_seconds=0.2)  # flute A4
+    assert note.shape == (round(0.7 * 22050),) and np.abs(note).max() > 0.01
+    spectrum = np.abs(np.fft.rfft(note))
+    assert abs(np.fft.rfftfreq(len(note), 1 / 22050)[spectrum.argmax()] - 440) < 10
+    hits = renderer.render(38, 110, drums=True, hits=4, interval_seconds=0.25, hold_seconds=0.25, release_seconds=0.5)
+    env = np.abs(hits[: len(hits) // 441 * 441]).reshape(-1, 441).max(axis=1)  # 20 ms frames
+    onsets = np.flatnonzero((env[1:] > 0.5 * env.max()) & (env[:-1] <= 0.5 * env.max()))
+    assert len(onsets) + (env[0] > 0.5 * env.max()) == 4
+    with pytest.raises(ValueError, match="velocities 1-127"):
+        renderer.render(60, 0)
