@@ -18,6 +18,7 @@ COMMAND_MODULES: list[str] = [
     "clapkit.data.cli",
     "clapkit.datasets.cli",
     "clapkit.lalm.cli",
+    "clapkit.convert",
 ]
 
 

@@ -126,13 +126,18 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
 
 
 def load(name_or_path: str | Path, *, device: str | torch.device | None = None) -> ClapModel:
-    """Load a model by registered name, or from a ``save_pretrained`` directory.
+    """Load a model by registered name, from a ``save_pretrained`` directory, or from another code base's checkpoint.
 
     A registered name builds the architecture with its pretrained towers. A directory is restored
-    exactly (config, weights, tokenizer), without touching the network.
+    exactly (config, weights, tokenizer), without touching the network. A LAION-CLAP / CompA-CLAP ``.pt`` file
+    or a Hugging Face ClapModel folder is converted on the fly (``clapkit.convert.load_checkpoint``).
     """
+    from clapkit import convert  # imported here: convert builds on this module
+
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
+    if convert.handles(path):
+        model = convert.load_checkpoint(path)
+    elif path.is_dir():
         if not (path / CONFIG_FILE).is_file():
             raise ValueError(f"{path}: no {CONFIG_FILE}; expected a folder written by save_pretrained")
         config = _read_config(path)

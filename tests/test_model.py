@@ -7,7 +7,9 @@ import torch
 import clapkit
 from clapkit.model import ClapModel
 
-MODELS = clapkit.list_models()
+#: LAION's published architectures need the roberta-base tokenizer from the Hugging Face hub (not available offline);
+#: they are verified against laion-clap and transformers in tests/convert/ instead.
+MODELS = [m for m in clapkit.list_models() if not m.startswith("laion-")]
 
 
 @pytest.fixture(scope="module", params=MODELS)
