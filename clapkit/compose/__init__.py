@@ -1,0 +1,27 @@
+"""Compositional training data: rule-based and LLM-written captions, and the audio scene composer.
+
+- ``captions``: hard negatives by rule (order, sequence ↔ overlap, binding, attribute swaps) and paraphrases.
+- ``lexicon``: the synonym / antonym / sound-verb lists those rules use, extendable by the user.
+- ``llm``: the same jobs done by a causal LM, with a prompt template, validation and an on-disk cache.
+- ``scenes``: scenes built from labeled single-event clips, with captions, positives, negatives and
+  counterfactual audio.
+"""
+
+from clapkit.compose.captions import NEGATIVE_RULES, analyze, compare_compositions, hard_negatives, paraphrases
+from clapkit.compose.lexicon import Lexicon
+from clapkit.compose.scenes import TEMPLATES, ComposerConfig, EventClip, EventPhrase, Scene, SceneComposer
+
+__all__ = [
+    "NEGATIVE_RULES",
+    "TEMPLATES",
+    "ComposerConfig",
+    "EventClip",
+    "EventPhrase",
+    "Lexicon",
+    "Scene",
+    "SceneComposer",
+    "analyze",
+    "compare_compositions",
+    "hard_negatives",
+    "paraphrases",
+]

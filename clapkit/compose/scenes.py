@@ -1,0 +1,741 @@
+"""Scene composer: compositional training audio built from labeled single-event clips (as CompA did).
+
+From clips of single events ("dog", "bell", …) it builds scenes whose composition is known exactly:
+
+- ``sequence``: A, a gap, then B.
+- ``overlap``: A in the foreground over B, mixed at an SNR (loudness difference in LU).
+- ``sequence3``: A, B, C one after another.
+- ``attribute``: A then B with opposite attributes bound to them: loud/soft (gain) or fast/slow (playback speed).
+
+Each scene carries a caption, paraphrase positives (other phrasings of the same scene, lexicon synonyms)
+and hard negatives that describe a different scene built from the same events (reversed order, sequence
+vs overlap, swapped binding), plus the audio of one of those scenes — its counterfactual (the same clips
+reversed, in sequence, or with the attributes swapped) — for audio-side negatives.
+
+Captions come from template pools, not one template: ``TEMPLATES["train"]`` and ``TEMPLATES["test"]`` use
+disjoint connectives ("followed by", "then", "while", … vs "precedes", "after which", "alongside", …), so a
+held-out benchmark composed with ``pool="test"`` asks for phrasings training never saw.
+
+Every scene is deterministic given its seed, each event is loudness-normalised (ITU-R BS.1770 via
+``torchaudio.functional.loudness``) before gains and SNRs are applied, the mix is normalised to a target
+loudness and scaled down if its peak would pass ``peak`` — never clipped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from tqdm.auto import tqdm
+
+from clapkit import audio as audio_io
+from clapkit.compose.captions import CONNECTIVES, fix_articles, paraphrases
+from clapkit.compose.lexicon import Lexicon
+from clapkit.io import atomic_write_bytes, atomic_write_text
+
+__all__ = [
+    "KINDS",
+    "TEMPLATES",
+    "ComposerConfig",
+    "EventClip",
+    "EventPhrase",
+    "Scene",
+    "SceneComposer",
+    "TemplatePool",
+    "phrase_for",
+]
+
+Kind = Literal["sequence", "overlap", "sequence3", "attribute"]
+KINDS: tuple[str, ...] = ("sequence", "overlap", "sequence3", "attribute")
+
+
+# ---------------------------------------------------------------------------------------------- phrases
+@dataclass(frozen=True)
+class EventPhrase:
+    """How captions name one event: subject + verb ("a dog" "barks") and the verb's -ing form ("barking")."""
+
+    subject: str
+    verb: str
+    gerund: str
+
+
+@dataclass(frozen=True)
+class _Said:
+    """An event as templates see it: ``{a.clause}`` = "a dog barks loudly", ``{a.noun}`` = "a dog barking loudly"."""
+
+    phrase: EventPhrase
+    adverb: str = ""
+
+    @property
+    def clause(self) -> str:
+        return " ".join(x for x in (self.phrase.subject, self.phrase.verb, self.adverb) if x)
+
+    @property
+    def noun(self) -> str:
+        return " ".join(x for x in (self.phrase.subject, self.phrase.gerund, self.adverb) if x)
+
+
+@lru_cache(maxsize=1)
+def _event_table() -> dict[str, EventPhrase]:
+    text = resources.files("clapkit.compose").joinpath("resources/events.json").read_text(encoding="utf-8")
+    return {k: EventPhrase(*v) for k, v in json.loads(text)["events"].items()}
+
+
+def phrase_for(label: str) -> EventPhrase:
+    """The packaged phrase for a label ("dog" → "a dog" / "barks" / "barking"), else "a <label> sound plays"."""
+    key = " ".join(label.replace("_", " ").replace("-", " ").lower().split())
+    return _event_table().get(key) or EventPhrase(f"a {key} sound", "plays", "playing")
+
+
+# ---------------------------------------------------------------------------------------------- templates
+@dataclass(frozen=True)
+class TemplatePool:
+    """Caption templates per scene kind; fields ``{a.clause}``, ``{a.noun}`` (``b``, ``c`` likewise).
+
+    Attributes:
+        sequence: A happens, then B.
+        overlap: A and B together; swapping A and B keeps the meaning.
+        foreground: A and B together with A in the foreground (A louder than B); swapping A and B does not.
+        sequence3: A, then B, then C.
+    """
+
+    sequence: tuple[str, ...]
+    overlap: tuple[str, ...]
+    foreground: tuple[str, ...]
+    sequence3: tuple[str, ...]
+
+
+TEMPLATES: dict[str, TemplatePool] = {
+    "train": TemplatePool(
+        sequence=(
+            "{a.clause}, followed by {b.noun}",
+            "{a.noun} followed by {b.noun}",
+            "{a.clause}, then {b.clause}",
+            "{a.clause} and then {b.clause}",
+            "{a.clause} before {b.clause}",
+            "{b.clause} after {a.clause}",
+            "first {a.clause}, then {b.clause}",
+            "after {a.clause}, {b.clause}",
+        ),
+        overlap=(
+            "{a.clause} while {b.clause}",
+            "{a.clause} as {b.clause}",
+            "{a.noun} together with {b.noun}",
+            "while {a.clause}, {b.clause}",
+        ),
+        foreground=(
+            "{a.clause} amidst {b.noun}",
+            "{a.clause} with {b.noun} in the background",
+        ),
+        sequence3=(
+            "{a.clause}, then {b.clause}, then {c.clause}",
+            "{a.noun} followed by {b.noun} and then {c.noun}",
+            "first {a.clause}, then {b.clause}, and then {c.clause}",
+            "{a.clause} before {b.clause}, then {c.clause}",
+        ),
+    ),
+    "test": TemplatePool(
+        sequence=(
+            "{a.clause}, and afterwards {b.clause}",
+            "{a.clause}, after which {b.clause}",
+            "{a.clause} and subsequently {b.clause}",
+            "{a.noun} precedes {b.noun}",
+            "{b.noun} follows {a.noun}",
+            "{a.noun} gives way to {b.noun}",
+            "once {a.clause}, {b.clause}",
+            "{a.clause} and later {b.clause}",
+        ),
+        overlap=(
+            "{a.clause} whilst {b.clause}",
+            "{a.noun} alongside {b.noun}",
+            "{a.clause} at the same time as {b.clause}",
+            "{a.noun} simultaneously with {b.noun}",
+            "{a.clause}, and meanwhile {b.clause}",
+        ),
+        foreground=(
+            "{a.clause} amid {b.noun}",
+            "{a.noun} heard over {b.noun}",
+        ),
+        sequence3=(
+            "{a.clause}, after which {b.clause}, and finally {c.clause}",
+            "{a.noun} precedes {b.noun}, and afterwards {c.clause}",
+            "{a.clause} and later {b.clause}, and subsequently {c.clause}",
+        ),
+    ),
+}
+TEMPLATES["all"] = TemplatePool(
+    sequence=TEMPLATES["train"].sequence + TEMPLATES["test"].sequence,
+    overlap=TEMPLATES["train"].overlap + TEMPLATES["test"].overlap,
+    foreground=TEMPLATES["train"].foreground + TEMPLATES["test"].foreground,
+    sequence3=TEMPLATES["train"].sequence3 + TEMPLATES["test"].sequence3,
+)
+
+
+def _render(template: str, *events: _Said) -> str:
+    text = template.format(**dict(zip("abc", events)))
+    return fix_articles(text[:1].upper() + text[1:])
+
+
+# ---------------------------------------------------------------------------------------------- config & data
+@dataclass
+class ComposerConfig:
+    """Knobs of the composer, with their units.
+
+    Attributes:
+        sample_rate: Hz of the scenes (match the model: 48000 for HTSAT models, 44100 for clapkit-small).
+        kinds: Relative frequency of each scene kind.
+        gap_seconds: Silence between sequential events, drawn uniformly from [min, max].
+        edge_seconds: Silence before the first and after the last event.
+        snr_db: Foreground minus background loudness (LU ≈ dB) of overlaps, drawn from [min, max].
+        max_event_seconds: Events are cut to this length (a short fade-out avoids a click).
+        max_scene_seconds: Events are shortened further so a scene fits (keep ≤ the model's clip length,
+            or a training crop may cut an event off and make the caption wrong).
+        event_lufs: Loudness every event is normalised to before gains and SNRs (LUFS).
+        target_lufs: Loudness of the finished scene (LUFS).
+        peak: Largest absolute sample value allowed (0.891 = -1 dBFS); louder mixes are scaled down.
+        trim_db: Trim leading/trailing audio quieter than the clip's peak minus this (dB); None = keep.
+        soft_gain_db: Gain of the "soft" event relative to the "loud" one in attribute scenes (dB).
+        fast_speed: Playback-speed factor of "fast" events (> 1; changes pitch like a sped-up tape).
+        slow_speed: Playback-speed factor of "slow" events (< 1).
+        num_positives: Paraphrase positives per scene (other templates + one lexicon rewrite).
+        fade_seconds: Fade-out applied where an event is cut.
+    """
+
+    sample_rate: int = 48000
+    kinds: dict[str, float] = field(
+        default_factory=lambda: {"sequence": 1.0, "overlap": 1.0, "sequence3": 0.5, "attribute": 1.0}
+    )
+    gap_seconds: tuple[float, float] = (0.2, 1.0)
+    edge_seconds: float = 0.1
+    snr_db: tuple[float, float] = (6.0, 15.0)
+    max_event_seconds: float = 3.0
+    max_scene_seconds: float = 10.0
+    event_lufs: float = -23.0
+    target_lufs: float = -20.0
+    peak: float = 0.891
+    trim_db: float | None = 40.0
+    soft_gain_db: float = -15.0
+    fast_speed: float = 1.5
+    slow_speed: float = 0.67
+    num_positives: int = 3
+    fade_seconds: float = 0.02
+
+    def __post_init__(self) -> None:
+        unknown = set(self.kinds) - set(KINDS)
+        if unknown or not any(w > 0 for w in self.kinds.values()):
+            raise ValueError(f"kinds {self.kinds}: give positive weights for some of {', '.join(KINDS)}")
+        if not 0 < self.peak <= 1:
+            raise ValueError(f"peak={self.peak}: expected 0 < peak ≤ 1 (full scale)")
+        if not (self.fast_speed > 1 > self.slow_speed > 0):
+            raise ValueError(f"fast_speed={self.fast_speed}, slow_speed={self.slow_speed}: need fast > 1 > slow > 0")
+        if self.gap_seconds[0] < 0 or self.gap_seconds[0] > self.gap_seconds[1]:
+            raise ValueError(f"gap_seconds={self.gap_seconds}: expected 0 ≤ min ≤ max")
+
+
+@dataclass
+class EventClip:
+    """One labeled single-event clip.
+
+    Attributes:
+        audio: Mono waveform [T] (or anything ``clapkit.audio.load_audio`` takes: a path, bytes, …).
+        label: Class name ("dog").
+        sample_rate: Rate of ``audio`` when it is an array (None for files).
+        phrase: How captions name it; default ``phrase_for(label)``.
+        source: Where it came from (kept in the scene's events).
+    """
+
+    audio: Any
+    label: str
+    sample_rate: int | None = None
+    phrase: EventPhrase | None = None
+    source: str = ""
+
+
+@dataclass
+class Scene:
+    """A composed scene.
+
+    Attributes:
+        audio: Mono waveform [T] float32 at ``sample_rate``.
+        caption: Describes the scene.
+        positives: Other descriptions of the same scene.
+        negatives: Descriptions of different scenes made from the same events.
+        counterfactual_audio: Audio of a different scene [T'] (reversed order, in sequence, or attributes
+            swapped) — an audio-side hard negative for ``caption``.
+        counterfactual_caption: Describes ``counterfactual_audio`` (it is also in ``negatives``).
+        kind: Scene kind.
+        events: Per event, in time order: label, onset/offset seconds, gain_db, speed, attribute, source.
+        sample_rate: Hz.
+        seed: The seed that reproduces it.
+        pool: Template pool of the captions.
+    """
+
+    audio: np.ndarray
+    caption: str
+    positives: list[str]
+    negatives: list[str]
+    counterfactual_audio: np.ndarray
+    counterfactual_caption: str
+    kind: str
+    events: list[dict[str, Any]]
+    sample_rate: int
+    seed: Any
+    pool: str
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    def metadata(self) -> dict[str, Any]:
+        """Shard fields (captions, positives, negatives, labels, duration) plus the scene description."""
+        return {
+            "captions": [self.caption],
+            "positives": self.positives,
+            "negatives": self.negatives,
+            "labels": sorted({e["label"] for e in self.events}),
+            "duration": round(self.duration, 4),
+            "kind": self.kind,
+            "events": self.events,
+            "counterfactual_caption": self.counterfactual_caption,
+            "seed": list(self.seed) if isinstance(self.seed, tuple) else self.seed,
+            "pool": self.pool,
+        }
+
+
+@dataclass
+class _Event:
+    """A prepared event: loudness-normalised audio, its phrase, attribute and provenance."""
+
+    audio: np.ndarray  # [T] float64
+    label: str
+    phrase: EventPhrase
+    source: str
+    gain_db: float = 0.0
+    speed: float = 1.0
+    attribute: str | None = None
+    adverb: str = ""
+
+
+_ATTRIBUTES = {  # dimension → ((attribute, adverb), (opposite, adverb))
+    "loudness": (("loud", "loudly"), ("soft", "softly")),
+    "speed": (("fast", "quickly"), ("slow", "slowly")),
+}
+
+
+# ---------------------------------------------------------------------------------------------- signal helpers
+def _loudness(wave: np.ndarray, rate: int) -> float:
+    """Integrated loudness (LUFS); clips shorter than one 400 ms gating block are tiled to measure them."""
+    block = int(0.4 * rate) + 1
+    if len(wave) < block:
+        wave = np.tile(wave, math.ceil(block / max(len(wave), 1)))
+    value = AF.loudness(torch.from_numpy(wave.astype(np.float32))[None], rate).item()
+    return value if math.isfinite(value) else -math.inf
+
+
+def _normalise(wave: np.ndarray, rate: int, lufs: float) -> np.ndarray:
+    current = _loudness(wave, rate)
+    if not math.isfinite(current):
+        return wave
+    return wave * 10 ** ((lufs - current) / 20)
+
+
+def _trim(wave: np.ndarray, trim_db: float | None) -> np.ndarray:
+    if trim_db is None:
+        return wave
+    loud = np.flatnonzero(np.abs(wave) >= np.abs(wave).max() * 10 ** (-trim_db / 20))
+    return wave[loud[0] : loud[-1] + 1]
+
+
+def _cut(wave: np.ndarray, samples: int, fade: int) -> np.ndarray:
+    if len(wave) <= samples:
+        return wave
+    out = wave[:samples].copy()
+    fade = min(fade, samples)
+    out[samples - fade :] *= np.linspace(1.0, 0.0, fade)
+    return out
+
+
+def _speed(wave: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``factor`` times faster (shorter and higher) by resampling."""
+    if factor == 1.0:
+        return wave
+    orig, new = round(1000 * factor), 1000
+    g = math.gcd(orig, new)
+    return AF.resample(torch.from_numpy(wave), orig // g, new // g).numpy()
+
+
+# ---------------------------------------------------------------------------------------------- the composer
+class SceneComposer:
+    """Builds ``Scene`` s from labeled single-event clips.
+
+    Args:
+        clips: At least two labels' worth of ``EventClip`` s (three for ``sequence3``). Clips that are empty,
+            silent or undecodable are skipped and listed in ``skipped``.
+        config: See ``ComposerConfig``.
+        pool: Template pool: "train", "test" (held-out phrasings) or "all".
+        lexicon: Synonyms for the lexicon paraphrase (default: the packaged lexicon). Entries that would
+            change a connective are left out, so one pool's phrasings never leak into the other's.
+    """
+
+    def __init__(
+        self,
+        clips: Sequence[EventClip],
+        *,
+        config: ComposerConfig | None = None,
+        pool: str = "train",
+        lexicon: Lexicon | None = None,
+    ) -> None:
+        self.config = config or ComposerConfig()
+        if pool not in TEMPLATES:
+            raise ValueError(f"pool {pool!r}: expected one of {', '.join(TEMPLATES)}")
+        self.pool = pool
+        self.templates = TEMPLATES[pool]
+        self.lexicon = _without_connectives(lexicon or Lexicon.default())
+        self.skipped: list[str] = []
+        self.clips: dict[str, list[tuple[np.ndarray, EventClip]]] = {}
+        for index, clip in enumerate(clips):
+            name = clip.source or f"clip #{index} ({clip.label})"
+            try:
+                loaded = audio_io.load_audio(
+                    clip.audio, self.config.sample_rate, source_rate=clip.sample_rate, name=name
+                )
+            except ValueError as err:
+                self.skipped.append(str(err))
+                continue
+            wave = loaded.numpy().astype(np.float64)
+            if np.any(wave):
+                wave = _trim(wave, self.config.trim_db)
+            if not math.isfinite(_loudness(wave, self.config.sample_rate)):
+                self.skipped.append(f"{name}: silent; expected an audible event")
+                continue
+            self.clips.setdefault(clip.label, []).append((wave, clip))
+        self.labels = sorted(self.clips)
+        if len(self.labels) < 2:
+            raise ValueError(
+                f"clips: {len(self.labels)} usable label(s) ({', '.join(self.labels) or 'none'}); "
+                f"scenes need at least 2 distinct labels ({len(self.skipped)} clip(s) skipped)"
+            )
+        self.kinds = [k for k, w in self.config.kinds.items() if w > 0 and (k != "sequence3" or len(self.labels) > 2)]
+        weights = np.array([self.config.kinds[k] for k in self.kinds], dtype=np.float64)
+        self._kind_p = weights / weights.sum()
+
+    # ------------------------------------------------------------------ public API
+    def compose(self, seed: int | Sequence[int], kind: str | None = None) -> Scene:
+        """One scene, fully determined by ``seed`` (and ``kind``: None = drawn by the configured weights)."""
+        rng = np.random.default_rng(seed)
+        kind = kind or str(rng.choice(self.kinds, p=self._kind_p))
+        if kind not in self.kinds:
+            raise ValueError(f"kind {kind!r}: expected one of {', '.join(self.kinds)}")
+        build = {
+            "sequence": self._sequence,
+            "overlap": self._overlap,
+            "sequence3": self._sequence3,
+            "attribute": self._attribute,
+        }[kind]
+        scene = build(rng)
+        scene.seed = tuple(seed) if isinstance(seed, Sequence) else seed
+        return scene
+
+    def generate(self, n: int, *, seed: int = 0, progress: bool = False) -> Iterator[Scene]:
+        """``n`` scenes; scene i is ``compose((seed, i))`` so any one can be rebuilt alone."""
+        for i in tqdm(range(n), desc="compose scenes", unit="scene", disable=not progress):
+            yield self.compose((seed, i))
+
+    def write(self, directory: str | Path, n: int, *, seed: int = 0, progress: bool = True) -> Path:
+        """Write ``n`` scenes as FLAC (+ counterfactual FLAC) and a ``scenes.jsonl`` listing.
+
+        The listing has one object per scene with ``audio`` (a path relative to the listing) and the fields
+        of ``Scene.metadata`` plus ``counterfactual_audio`` — the JSONL input of ``clapkit shards write``.
+        """
+        directory = Path(directory)
+        lines = []
+        for i, scene in enumerate(self.generate(n, seed=seed, progress=progress)):
+            key = f"scene_{seed}_{i:07d}"
+            for name, wave in (
+                (f"{key}.flac", scene.audio),
+                (f"{key}.counterfactual.flac", scene.counterfactual_audio),
+            ):
+                atomic_write_bytes(directory / name, _flac(wave, scene.sample_rate))
+            record = {"audio": f"{key}.flac", **scene.metadata(), "counterfactual_audio": f"{key}.counterfactual.flac"}
+            lines.append(json.dumps(record))
+        return atomic_write_text(directory / "scenes.jsonl", "\n".join(lines) + "\n")
+
+    # ------------------------------------------------------------------ events
+    def _pick(self, rng: np.random.Generator, count: int) -> list[_Event]:
+        labels = rng.choice(len(self.labels), size=count, replace=False)
+        events = []
+        for i in labels:
+            label = self.labels[int(i)]
+            wave, clip = self.clips[label][int(rng.integers(len(self.clips[label])))]
+            phrase = clip.phrase or phrase_for(label)
+            events.append(_Event(wave, label, phrase, clip.source))
+        return events
+
+    def _shape(self, events: list[_Event], budget: float) -> list[np.ndarray]:
+        """Speed, cut to the time budget, normalise loudness, apply gain → waveforms [T] float64."""
+        cfg = self.config
+        rate = cfg.sample_rate
+        limit = int(min(cfg.max_event_seconds, budget) * rate)
+        out = []
+        for event in events:
+            wave = _cut(_speed(event.audio, event.speed), limit, int(cfg.fade_seconds * rate))
+            out.append(_normalise(wave, rate, cfg.event_lufs) * 10 ** (event.gain_db / 20))
+        return out
+
+    def _budget(self, count: int, gaps: float) -> float:
+        cfg = self.config
+        return (cfg.max_scene_seconds - 2 * cfg.edge_seconds - gaps) / count
+
+    def _in_sequence(self, waves: list[np.ndarray], gaps: list[float]) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        rate = self.config.sample_rate
+        edge = np.zeros(int(self.config.edge_seconds * rate))
+        parts, spans, t = [edge], [], len(edge)
+        for i, wave in enumerate(waves):
+            spans.append((t / rate, (t + len(wave)) / rate))
+            parts.append(wave)
+            t += len(wave)
+            if i < len(gaps):
+                gap = np.zeros(int(gaps[i] * rate))
+                parts.append(gap)
+                t += len(gap)
+        parts.append(edge)
+        return np.concatenate(parts), spans
+
+    def _together(
+        self, front: np.ndarray, back: np.ndarray, offset: float
+    ) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        """Mix two events; the shorter one starts at ``offset`` (0..1) of the slack."""
+        rate = self.config.sample_rate
+        length = max(len(front), len(back))
+        edge = int(self.config.edge_seconds * rate)
+        mix = np.zeros(length + 2 * edge)
+        starts = []
+        for wave in (front, back):
+            start = edge + int(offset * (length - len(wave)))
+            mix[start : start + len(wave)] += wave
+            starts.append((start / rate, (start + len(wave)) / rate))
+        return mix, starts
+
+    def _finish(self, wave: np.ndarray) -> np.ndarray:
+        """Normalise to the target loudness, then scale down (never clip) if the peak passes ``peak``."""
+        cfg = self.config
+        wave = _normalise(wave, cfg.sample_rate, cfg.target_lufs)
+        top = np.abs(wave).max()
+        if top > cfg.peak:
+            wave = wave * (cfg.peak / top)
+        return wave.astype(np.float32)
+
+    def _describe(self, events: list[_Event], spans: list[tuple[float, float]]) -> list[dict[str, Any]]:
+        out = []
+        for event, (start, end) in zip(events, spans):
+            out.append(
+                {
+                    "label": event.label,
+                    "onset": round(start, 4),
+                    "offset": round(end, 4),
+                    "gain_db": round(event.gain_db, 2),
+                    "speed": event.speed,
+                    "attribute": event.attribute,
+                    "source": event.source,
+                }
+            )
+        return sorted(out, key=lambda e: e["onset"])
+
+    # ------------------------------------------------------------------ captions
+    def _choose(self, rng: np.random.Generator, templates: Sequence[str]) -> str:
+        return templates[int(rng.integers(len(templates)))]
+
+    def _positives(self, rng: np.random.Generator, caption: str, same: list[str], exclude: set[str]) -> list[str]:
+        """Other phrasings of the scene (``same`` rendered by other templates) + one lexicon paraphrase."""
+        budget = self.config.num_positives
+        if budget <= 0:
+            return []
+        lexical = paraphrases(caption, seed=int(rng.integers(2**31)), max_paraphrases=1, lexicon=self.lexicon)
+        others = [s for s in dict.fromkeys(same) if s != caption and s not in exclude]
+        order = rng.permutation(len(others))
+        chosen = [others[i] for i in order[: max(0, budget - len(lexical))]]
+        return list(dict.fromkeys(chosen + [x for x in lexical if x not in exclude]))[:budget]
+
+    @staticmethod
+    def _bind_swapped(a: _Said, b: _Said) -> tuple[_Said, _Said] | None:
+        """Swap who does what: "a dog barks" / "a bell rings" → "a bell barks" / "a dog rings"."""
+        if a.phrase.subject == b.phrase.subject or a.phrase.verb == b.phrase.verb:
+            return None
+        swap_a = EventPhrase(b.phrase.subject, a.phrase.verb, a.phrase.gerund)
+        swap_b = EventPhrase(a.phrase.subject, b.phrase.verb, b.phrase.gerund)
+        return _Said(swap_a, a.adverb), _Said(swap_b, b.adverb)
+
+    def _scene(
+        self,
+        kind: str,
+        audio: np.ndarray,
+        counter: np.ndarray,
+        caption: str,
+        counter_caption: str,
+        negatives: list[str],
+        positives: list[str],
+        events: list[dict],
+    ) -> Scene:
+        negatives = [n for n in dict.fromkeys([counter_caption, *negatives]) if n != caption]
+        positives = [p for p in positives if p not in negatives]
+        return Scene(
+            audio=self._finish(audio),
+            caption=caption,
+            positives=positives,
+            negatives=negatives,
+            counterfactual_audio=self._finish(counter),
+            counterfactual_caption=counter_caption,
+            kind=kind,
+            events=events,
+            sample_rate=self.config.sample_rate,
+            seed=None,
+            pool=self.pool,
+        )
+
+    # ------------------------------------------------------------------ scene kinds
+    def _gaps(self, rng: np.random.Generator, count: int) -> list[float]:
+        low, high = self.config.gap_seconds
+        return [float(rng.uniform(low, high)) for _ in range(count)]
+
+    def _sequence(self, rng: np.random.Generator) -> Scene:
+        events = self._pick(rng, 2)
+        gaps = self._gaps(rng, 1)
+        waves = self._shape(events, self._budget(2, sum(gaps)))
+        audio, spans = self._in_sequence(waves, gaps)
+        counter, _ = self._in_sequence(waves[::-1], gaps)
+        a, b = (_Said(e.phrase) for e in events)
+        template = self._choose(rng, self.templates.sequence)
+        caption = _render(template, a, b)
+        reverse = _render(template, b, a)
+        negatives = [_render(self._choose(rng, self.templates.overlap), a, b)]
+        swapped = self._bind_swapped(a, b)
+        if swapped:
+            negatives.append(_render(template, *swapped))
+        same = [_render(t, a, b) for t in self.templates.sequence]
+        positives = self._positives(rng, caption, same, {reverse, *negatives})
+        return self._scene(
+            "sequence", audio, counter, caption, reverse, negatives, positives, self._describe(events, spans)
+        )
+
+    def _overlap(self, rng: np.random.Generator) -> Scene:
+        events = self._pick(rng, 2)
+        gaps = self._gaps(rng, 1)
+        events[1].gain_db = -float(rng.uniform(*self.config.snr_db))  # the background, snr dB below
+        offset = float(rng.uniform())
+        # Cut for the sequence budget so the counterfactual (the same two events one after the other) fits too.
+        waves = self._shape(events, self._budget(2, sum(gaps)))
+        audio, spans = self._together(waves[0], waves[1], offset)
+        counter, _ = self._in_sequence(waves, gaps)
+        a, b = (_Said(e.phrase) for e in events)
+        foreground = bool(
+            rng.uniform()
+            < len(self.templates.foreground) / (len(self.templates.foreground) + len(self.templates.overlap))
+        )
+        template = self._choose(rng, self.templates.foreground if foreground else self.templates.overlap)
+        caption = _render(template, a, b)
+        in_sequence = _render(self._choose(rng, self.templates.sequence), a, b)
+        negatives = []
+        swapped = self._bind_swapped(a, b)
+        if swapped:
+            negatives.append(_render(template, *swapped))
+        if foreground:
+            negatives.append(_render(template, b, a))  # b in the foreground instead
+            same = [_render(t, a, b) for t in self.templates.foreground]
+        else:
+            same = [_render(t, x, y) for t in self.templates.overlap for x, y in ((a, b), (b, a))]
+        positives = self._positives(rng, caption, same, {in_sequence, *negatives})
+        return self._scene(
+            "overlap", audio, counter, caption, in_sequence, negatives, positives, self._describe(events, spans)
+        )
+
+    def _sequence3(self, rng: np.random.Generator) -> Scene:
+        events = self._pick(rng, 3)
+        gaps = self._gaps(rng, 2)
+        waves = self._shape(events, self._budget(3, sum(gaps)))
+        audio, spans = self._in_sequence(waves, gaps)
+        counter, _ = self._in_sequence(waves[::-1], gaps)
+        said = [_Said(e.phrase) for e in events]
+        template = self._choose(rng, self.templates.sequence3)
+        caption = _render(template, *said)
+        reverse = _render(template, *said[::-1])
+        swaps = [(1, 0, 2), (0, 2, 1), (1, 2, 0), (2, 0, 1)]
+        order = swaps[int(rng.integers(len(swaps)))]
+        negatives = [_render(template, *(said[i] for i in order))]
+        same = [_render(t, *said) for t in self.templates.sequence3]
+        positives = self._positives(rng, caption, same, {reverse, *negatives})
+        return self._scene(
+            "sequence3", audio, counter, caption, reverse, negatives, positives, self._describe(events, spans)
+        )
+
+    def _attribute(self, rng: np.random.Generator) -> Scene:
+        cfg = self.config
+        events = self._pick(rng, 2)
+        gaps = self._gaps(rng, 1)
+        dimension = ("loudness", "speed")[int(rng.integers(2))]
+        first, second = _ATTRIBUTES[dimension]
+        if rng.uniform() < 0.5:
+            first, second = second, first
+
+        def bind(event: _Event, attribute: tuple[str, str]) -> _Event:
+            name, adverb = attribute
+            gain = cfg.soft_gain_db if name == "soft" else 0.0
+            speed = {"fast": cfg.fast_speed, "slow": cfg.slow_speed}.get(name, 1.0)
+            return _Event(event.audio, event.label, event.phrase, event.source, gain, speed, name, adverb)
+
+        actual = [bind(events[0], first), bind(events[1], second)]
+        swapped = [bind(events[0], second), bind(events[1], first)]
+        budget = self._budget(2, sum(gaps))
+        audio, spans = self._in_sequence(self._shape(actual, budget), gaps)
+        counter, _ = self._in_sequence(self._shape(swapped, budget), gaps)
+        a, b = (_Said(e.phrase, e.adverb) for e in actual)
+        sa, sb = (_Said(e.phrase, e.adverb) for e in swapped)
+        template = self._choose(rng, self.templates.sequence)
+        caption = _render(template, a, b)
+        counter_caption = _render(template, sa, sb)
+        negatives = [
+            _render(template, b, a),  # the same bindings in the other order
+            _render(template, a, _Said(b.phrase, a.adverb)),  # both events with the first attribute
+        ]
+        same = [_render(t, a, b) for t in self.templates.sequence]
+        positives = self._positives(rng, caption, same, {counter_caption, *negatives})
+        return self._scene(
+            "attribute", audio, counter, caption, counter_caption, negatives, positives, self._describe(actual, spans)
+        )
+
+
+def _without_connectives(lexicon: Lexicon) -> Lexicon:
+    """The lexicon without synonyms that touch a connective ("while" → "whilst" would leak a test phrasing)."""
+    words = {c.phrase for c in CONNECTIVES}
+    for pool in TEMPLATES.values():
+        for templates in asdict(pool).values():
+            for template in templates:
+                words.update(part.strip(" ,").lower() for part in _template_glue(template))
+    synonyms = {
+        key: values
+        for key, values in lexicon.synonyms.items()
+        if key not in words and not any(v in words for v in values)
+    }
+    return Lexicon(synonyms, dict(lexicon.antonyms), set(lexicon.sound_verbs))
+
+
+def _template_glue(template: str) -> list[str]:
+    """The words of a template around its fields: "{a.clause} before {b.clause}" → ["before"]."""
+    return [part for part in re.split(r"\{[abc]\.(?:clause|noun)\}", template) if part.strip(" ,")]
+
+
+def _flac(wave: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave, rate, format="FLAC", subtype="PCM_24")
+    return buf.getvalue()
