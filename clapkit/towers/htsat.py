@@ -10,6 +10,7 @@ from transformers import ClapAudioConfig, ClapAudioModel
 from clapkit.config import AudioConfig, MelConfig
 from clapkit.features import LogMel
 from clapkit.towers.base import AUDIO_TOWERS, AudioTower, TowerOutput, check_frames, frame_mask
+from clapkit.towers.htsat_fast import enable_fast_htsat
 
 
 @AUDIO_TOWERS.register("htsat")
@@ -20,10 +21,19 @@ class HTSATTower(AudioTower):
         audio: The model's audio policy (rate and clip length).
         frontend: Log-mel config; ``n_mels`` becomes HTSAT's ``num_mel_bins``.
         pretrained: Unused (HTSAT weights come from converted checkpoints, see ``clapkit.convert``).
+        fast: Run the encoder through ``clapkit.towers.htsat_fast`` (same weights and outputs, less copying,
+            oneDNN GEMMs on CPU); False keeps transformers' own forward.
         **hf_config: ``transformers.ClapAudioConfig`` fields (depths, num_attention_heads, spec_size, …).
     """
 
-    def __init__(self, audio: AudioConfig, frontend: MelConfig | None, pretrained: bool = False, **hf_config: Any):
+    def __init__(
+        self,
+        audio: AudioConfig,
+        frontend: MelConfig | None,
+        pretrained: bool = False,
+        fast: bool = True,
+        **hf_config: Any,
+    ):
         super().__init__()
         if frontend is None:
             raise ValueError("htsat tower needs a 'frontend' mel config in the model config")
@@ -32,6 +42,8 @@ class HTSATTower(AudioTower):
         self.frontend = LogMel(frontend)
         self.hf_config = ClapAudioConfig(num_mel_bins=frontend.n_mels, enable_fusion=False, **hf_config)
         self.model = ClapAudioModel(self.hf_config)
+        if fast:
+            enable_fast_htsat(self.model)
         c = self.hf_config
         self.width = self.seq_width = int(c.patch_embeds_hidden_size * 2 ** (len(c.depths) - 1))
         freq_ratio = c.spec_size // c.num_mel_bins
