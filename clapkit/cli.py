@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "clapkit.datasets.cli",
     "clapkit.lalm.cli",
     "clapkit.convert",
+    "clapkit.index_cli",
 ]
 
 
