@@ -212,7 +212,9 @@ class FastClapAudioEncoder(ClapAudioEncoder):
         cache = self.__dict__.setdefault("_fast_cache", {})
         key = ("plan", device, tuple(id(block) for stage in self.layers for block in stage.blocks))
         if key not in cache:
-            cache[key] = self._build_plan(device)
+            # Plain tensors even when first built under inference_mode: the plan is reused with grad enabled.
+            with torch.inference_mode(False):
+                cache[key] = self._build_plan(device)
         plan = cache[key]
         if plan is None or self._has_hooks():
             return None

@@ -191,3 +191,15 @@ def test_enable_rejects_bad_input():
         enable_fast_htsat(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="micro_batch"):
         enable_fast_htsat(audio_model(), micro_batch=0)
+
+
+def test_plan_built_under_inference_mode_serves_training():
+    """An encoder first run under inference_mode (e.g. generation) must still train afterwards."""
+    from tests.conftest import build_tiny_model
+
+    model = build_tiny_model().train()
+    wave = torch.randn(2, 16000) * 0.1
+    with torch.inference_mode():
+        model.encode_audio(wave)
+    model.encode_audio(wave).sum().backward()
+    assert model.audio_tower.model.audio_encoder.patch_embed.proj.weight.grad is not None
