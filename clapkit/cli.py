@@ -15,6 +15,7 @@ from pathlib import Path
 #: Modules that contribute subcommands (each defines ``add_commands(subparsers)``).
 COMMAND_MODULES: list[str] = [
     "clapkit.cli",
+    "clapkit.evaluate.cli",
     "clapkit.data.cli",
     "clapkit.datasets.cli",
     "clapkit.lalm.cli",

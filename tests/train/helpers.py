@@ -1,0 +1,46 @@
+"""Callbacks that the subprocess tests inject through a YAML overlay (``trainer.callbacks``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+
+class Sleep(pl.Callback):
+    """Slow every training step down, so a test can kill the run between two checkpoints."""
+
+    def __init__(self, seconds: float = 0.2) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(self.seconds)
+
+
+class RecordWorld(pl.Callback):
+    """Write what each rank saw (world size, the loss's world size, batches, steps) to ``<folder>/rank<N>.json``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self.batches = 0
+        self.loss_world = None
+        self.params_sum = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+        self.loss_world = pl_module.loss_fn.world_size
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        total = sum(float(p.detach().double().sum()) for p in pl_module.model.parameters())
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "loss_world_size": self.loss_world,
+            "batches": self.batches,
+            "global_step": trainer.global_step,
+            "params_sum": total,
+        }
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
