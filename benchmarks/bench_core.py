@@ -93,7 +93,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=64, help="clips for the front-end benchmark")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: all cores; use 1 on a shared machine)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     x = clips(args.clips)
     print(f"machine: {machine()}, threads {torch.get_num_threads()}")
     fe = bench_front_end(x, args.repeats)

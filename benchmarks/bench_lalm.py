@@ -87,7 +87,7 @@ def run_lightning(module: LalmModule, batch: dict, steps: int) -> list[float]:
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, precision="32-true", max_steps=steps, gradient_clip_val=1.0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
-        num_sanity_val_steps=0,
+        num_sanity_val_steps=0, default_root_dir=tempfile.mkdtemp(prefix="clapkit-bench-lalm-"),
     )  # fmt: skip
     loader = DataLoader(_Repeat(batch, steps), batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)

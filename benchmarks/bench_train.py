@@ -134,6 +134,7 @@ def run_clapkit(model: clapkit.ClapModel, batches) -> list[tuple[float, float]]:
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[clock],
+        default_root_dir=tempfile.mkdtemp(prefix="clapkit-bench-train-"),  # the end-of-fit export goes here
     )
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)

@@ -17,10 +17,10 @@ COMMAND_MODULES: list[str] = [
     "clapkit.cli",
     "clapkit.evaluate.cli",
     "clapkit.data.cli",
+    "clapkit.index_cli",
+    "clapkit.convert",
     "clapkit.datasets.cli",
     "clapkit.lalm.cli",
-    "clapkit.convert",
-    "clapkit.index_cli",
 ]
 
 

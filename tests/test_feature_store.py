@@ -1,0 +1,84 @@
+"""Stored frozen-tower features: exact against the model's own embeddings, padding, save/load, merge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from clapkit.feature_store import (
+    FeatureStore,
+    audio_features,
+    embed_audio_features,
+    embed_text_features,
+    file_windows,
+    text_features,
+)
+from tests.conftest import TINY_RATE, build_tiny_model, tone
+
+HEAD = {"layers": 1, "width": 16, "heads": 2, "max_len": 64, "pool": "cls", "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def frozen_model():
+    frozen = {"audio_tower": {"freeze": True}, "text_tower": {"freeze": True}}
+    return build_tiny_model(**frozen, audio_head=HEAD, text_head=HEAD, audio={"pad": "zero"})
+
+
+@pytest.fixture
+def clips(tmp_path):
+    paths = []
+    for i, seconds in enumerate((0.3, 1.0, 0.55)):
+        path = tmp_path / f"c{i}.wav"
+        sf.write(path, tone(300 + 200 * i, seconds, TINY_RATE), TINY_RATE)
+        paths.append(str(path))
+    return paths
+
+
+def test_stored_path_equals_embed_audio_and_embed_text(frozen_model, clips):
+    store = audio_features(frozen_model, file_windows(clips, frozen_model.config.audio, batch_size=2))
+    assert store.keys == clips
+    stored = embed_audio_features(frozen_model, store, clips)
+    np.testing.assert_allclose(stored, frozen_model.embed_audio(clips), atol=1e-5)
+    texts = ["a tone", "a much longer caption about a tone and then another tone", "tone"]
+    text = text_features(frozen_model, texts, batch_size=2)
+    stored = embed_text_features(frozen_model, text, texts)
+    np.testing.assert_allclose(stored, frozen_model.embed_text(texts), atol=1e-5)
+
+
+def test_batch_pads_to_the_longest_and_masks(frozen_model, clips):
+    store = audio_features(frozen_model, file_windows(clips, frozen_model.config.audio))
+    out = store.batch([clips[0], clips[1]])
+    short, full = int(store.lengths[0]), int(store.lengths[1])
+    assert short < full and out.sequence.shape[:2] == (2, full)
+    assert out.mask[0].sum() == short and out.mask[1].all()
+    assert torch.all(out.sequence[0, short:] == 0)
+    with pytest.raises(KeyError, match="no features for 'missing'"):
+        store.batch(["missing"])
+
+
+def test_save_load_merge_subset(tmp_path):
+    a = FeatureStore(["x", "y"], torch.randn(2, 3), torch.randn(5, 4), torch.tensor([2, 3]))
+    b = FeatureStore(["z"], torch.randn(1, 3), torch.randn(1, 4), torch.tensor([1]))
+    loaded = FeatureStore.load(a.save(tmp_path / "a.safetensors"))
+    assert loaded.keys == ["x", "y"] and torch.equal(loaded.sequence, a.sequence)
+    merged = loaded.merge(b)
+    assert merged.missing(["x", "z", "w"]) == ["w"]
+    assert torch.equal(merged.batch(["z"]).sequence[0], b.sequence)
+    sub = merged.subset(["y", "z"])
+    assert sub.keys == ["y", "z"] and torch.equal(sub.batch(["y"]).sequence[0], a.sequence[2:])
+    with pytest.raises(ValueError, match="keys in both"):
+        merged.merge(b)
+    with pytest.raises(ValueError, match="one row per key"):
+        FeatureStore(["x"], torch.randn(1, 3), torch.randn(3, 4), torch.tensor([2]))
+
+
+def test_refuses_trainable_towers_and_long_audio(clips, tmp_path):
+    trainable = build_tiny_model()
+    with pytest.raises(ValueError, match="freeze: true"):
+        audio_features(trainable, file_windows(clips, trainable.config.audio))
+    long = tmp_path / "long.wav"
+    sf.write(long, tone(440, 2.5, TINY_RATE), TINY_RATE)
+    with pytest.raises(ValueError, match="longer than the model's 1.0 s clip"):
+        list(file_windows([str(long)], trainable.config.audio))
