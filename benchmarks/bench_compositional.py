@@ -9,8 +9,9 @@ It reuses the demo's steps (``train.demo.Demo``): the dataset, scenes, benchmark
 are built once (by ``make demo`` or by this script) and every run trains only the heads and projections. A seed
 fixes the head initialisation, the batch order and the caption draws, and all arms of one seed share them, so the
 seeds pair the arms; both the unpaired standard error (``sqrt(s₁²/n + s₂²/n)``) and the paired one (standard
-deviation of the per-seed differences / √n) are reported. Finished runs are kept in ``<out>/runs/*.json`` and
-skipped when the script is run again (``--fresh`` redoes them).
+deviation of the per-seed differences / √n) are reported. Finished runs are kept in ``<out>/runs/*.json`` with
+the fingerprint of what they depend on (features, model, training settings, arm, seed) and skipped when the
+script is run again with the same (``--fresh`` redoes them).
 
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_compositional [-c configs/demo.yaml] [--seeds 0 1 2 3 4]
         [--arms infonce compa_hardneg] [--threads 2] [--out runs/demo/bench]
@@ -63,7 +64,13 @@ def run_one(demo: Demo, arm: str, seed: int, folder: Path) -> dict:
     audio, text = demo.stores()
     result = evaluate_stored(model, audio, text, demo.eval_sets(), templates=demo.config.evaluate.zeroshot_templates)
     shutil.rmtree(model_dir, ignore_errors=True)
-    return {"arm": arm, "seed": seed, "train_s": round(trained, 1), "results": _slim(result)}
+    return {
+        "arm": arm,
+        "seed": seed,
+        "fingerprint": demo.arm_fingerprint(arm, seed),
+        "train_s": round(trained, 1),
+        "results": _slim(result),
+    }
 
 
 def summarize(runs: list[dict], arms: list[str]) -> tuple[str, dict]:
@@ -98,6 +105,9 @@ def summarize(runs: list[dict], arms: list[str]) -> tuple[str, dict]:
             se_unpaired = math.sqrt(va / len(seeds) + vb / len(seeds))
             se_paired = statistics.stdev(diffs) / math.sqrt(len(seeds))
             zs_diff = statistics.fmean([za[s] - zb[s] for s in seeds])
+            zs_se = math.sqrt(
+                (statistics.variance([za[s] for s in seeds]) + statistics.variance([zb[s] for s in seeds])) / len(seeds)
+            )
             met = mean >= 0.05 and mean > 2 * se_unpaired and zs_diff >= 0
             stats["target"] = {
                 "metric": key,
@@ -106,6 +116,7 @@ def summarize(runs: list[dict], arms: list[str]) -> tuple[str, dict]:
                 "se_unpaired": se_unpaired,
                 "se_paired": se_paired,
                 "zeroshot_top1_difference": zs_diff,
+                "zeroshot_top1_se_unpaired": zs_se,
                 "met": met,
             }
             lines.append("")
@@ -113,9 +124,14 @@ def summarize(runs: list[dict], arms: list[str]) -> tuple[str, dict]:
                 f"{treated} − {base}, {key}: {100 * mean:+.1f} points over seeds {seeds} "
                 f"(SE {100 * se_unpaired:.1f} unpaired, {100 * se_paired:.1f} paired; "
                 f"{mean / se_unpaired if se_unpaired else math.inf:.1f} SE); "
-                f"zero-shot top-1 {100 * zs_diff:+.1f} points"
+                f"zero-shot top-1 {100 * zs_diff:+.1f} points (SE {100 * zs_se:.1f})"
             )
-            lines.append(f"target (≥ +5 points, > 2 SE, zero-shot not lower): {'met' if met else 'NOT met'}")
+            verdict = "met" if met else "NOT met"
+            if not met and mean >= 0.05 and mean > 2 * se_unpaired:
+                verdict += (
+                    f" (order: met; zero-shot top-1 lower by {100 * -zs_diff:.1f} points, {-zs_diff / zs_se:.1f} SE)"
+                )
+            lines.append(f"target (≥ +5 points, > 2 SE, zero-shot not lower): {verdict}")
     return "\n".join(lines), stats
 
 
@@ -148,9 +164,12 @@ def main(argv: list[str] | None = None) -> dict:
         for arm in arms:
             path = out / "runs" / f"{arm}_seed{seed}.json"
             if path.is_file() and not opts.fresh:
-                runs.append(json.loads(path.read_text()))
-                print(f"{arm} seed {seed}: reused {path}", flush=True)
-                continue
+                previous = json.loads(path.read_text())
+                if previous.get("fingerprint") == demo.arm_fingerprint(arm, seed):
+                    runs.append(previous)
+                    print(f"{arm} seed {seed}: reused {path}", flush=True)
+                    continue
+                print(f"{arm} seed {seed}: {path} came from other data or settings; training again", flush=True)
             run = run_one(demo, arm, seed, out)
             atomic_write_json(path, run)
             runs.append(run)

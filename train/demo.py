@@ -778,12 +778,16 @@ class Demo:
             trainer.fit(module, datamodule=data)
         return module.model.eval()
 
+    def arm_fingerprint(self, arm_name: str, seed: int) -> str:
+        """What a trained arm depends on: the stored features, the model, the training settings, the arm, the seed."""
+        common = {k: v for k, v in dataclasses.asdict(self.config.train).items() if k != "arms"}
+        return _fingerprint(self._fp["features"], self.config.model, common, self.config.train.arms[arm_name], seed)
+
     def train(self) -> dict[str, Any]:
         results = {}
-        for arm_name, arm in self.config.train.arms.items():
+        for arm_name in self.config.train.arms:
             folder = self.out / "models" / arm_name
-            common = {k: v for k, v in dataclasses.asdict(self.config.train).items() if k != "arms"}
-            fp = _fingerprint(self._fp["features"], self.config.model, common, arm, self.config.seed)
+            fp = self.arm_fingerprint(arm_name, self.config.seed)
 
             def run(arm_name: str = arm_name, folder: Path = folder) -> dict[str, Any]:
                 self.fit(arm_name, seed=self.config.seed, export_dir=folder / "model", log_dir=folder / "logs")

@@ -13,6 +13,14 @@ CompA's released script scores the pair and the reversed pair; ``include_triplet
 the ``triplet_*`` columns where a row has them, with the same definitions over a 3 × 3 block. The random
 baseline (a model whose similarities are independent random numbers) is computed exactly, per instance
 size: 2 × 2 gives f = g = 1/4 and h = 1/6, as in Winoground.
+
+That baseline assumes the scores of an instance are independent. A model that cannot tell the compositions
+apart is not such a model and scores *below* it, near 0: its two audio embeddings are nearly the same vector,
+so whichever caption is closer to one audio is closer to the other too, and f fails on almost every instance
+(likewise g when the captions embed alike). ``compositional_scores`` therefore also reports how often one
+caption wins for every audio (``same_caption_rate``) and one audio for every caption (``same_audio_rate``),
+beside their values under independence (1/2 for 2 × 2): a rate near 1 means the model is blind to the
+composition on that side, which is what a score under the baseline usually means.
 """
 
 from __future__ import annotations
@@ -108,6 +116,19 @@ def compositional_scores(blocks: Sequence[np.ndarray]) -> dict[str, float]:
     for i, name in enumerate(("text", "audio", "group")):
         out[f"{name}_score"] = float(scores[:, i].mean())
         out[f"random_{name}_score"] = float(np.mean([c[name] for c in chance]))
+    # One caption (row) is the best for every audio (column), resp. one audio for every caption.
+    same = np.array(
+        [
+            (len(set(np.asarray(b).argmax(axis=0).tolist())) == 1, len(set(np.asarray(b).argmax(axis=1).tolist())) == 1)
+            for b in blocks
+        ],
+        dtype=np.float64,
+    )
+    independent = float(np.mean([float(len(b)) ** (1 - len(b)) for b in blocks]))  # n · (1/n)^n
+    out["same_caption_rate"] = float(same[:, 0].mean())
+    out["same_audio_rate"] = float(same[:, 1].mean())
+    out["random_same_caption_rate"] = independent
+    out["random_same_audio_rate"] = independent
     return out
 
 

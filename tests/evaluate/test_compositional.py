@@ -42,6 +42,23 @@ def test_matches_compa_reference_and_chance():
         assert out[f"{name}_score"] == pytest.approx(out[f"random_{name}_score"], abs=0.01)
 
 
+def test_same_winner_rates_random_and_composition_blind():
+    rng = np.random.default_rng(2)
+    out = compositional_scores([rng.random((3, 3)) for _ in range(20000)])
+    assert out["random_same_caption_rate"] == pytest.approx(3 * (1 / 3) ** 3)
+    assert out["same_caption_rate"] == pytest.approx(out["random_same_caption_rate"], abs=0.01)
+    assert out["same_audio_rate"] == pytest.approx(out["random_same_audio_rate"], abs=0.01)
+    # Audio blind to order: both audio columns are the same vector plus tiny noise, captions differ by an offset.
+    blind = []
+    for _ in range(2000):
+        caption_offset = rng.normal(size=(2, 1))
+        blind.append(caption_offset + 0.01 * rng.normal(size=(2, 2)) + rng.normal())
+    out = compositional_scores(blind)
+    assert out["same_caption_rate"] > 0.95 and out["random_same_caption_rate"] == 0.5
+    assert out["text_score"] < 0.05 < out["random_text_score"]  # below the random baseline, as explained
+    assert out["same_audio_rate"] == pytest.approx(0.5, abs=0.05)  # the captions still tell the audios apart
+
+
 def test_random_baseline_three_pairs():
     b = random_baseline(3)
     assert b["text"] == pytest.approx(1 / 27) and b["audio"] == pytest.approx(1 / 27)
