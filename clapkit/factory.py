@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clapkit.config import ModelConfig, merge
+from clapkit.io import atomic_replace_dir
 from clapkit.model import ClapModel
 
 __all__ = ["create_model", "get_model_config", "list_models", "load", "register_model_config", "save_pretrained"]
@@ -69,29 +67,17 @@ def create_model(name: str, *, pretrained: bool = True, device: str | torch.devi
 def save_pretrained(model: ClapModel, directory: str | Path) -> Path:
     """Write ``config.json``, ``model.safetensors`` and tower files (tokenizers) to ``directory``.
 
-    The folder is written under a temporary name beside the target and renamed into place, so an
-    interrupted save never leaves a half-written model where a good one was.
+    The folder is written under a temporary name beside the target and renamed into place
+    (``clapkit.io.atomic_replace_dir``), so an interrupted save never leaves a half-written model where a
+    good one was.
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_replace_dir(directory) as tmp:
         payload = {"format": FORMAT, "model": model.config.to_dict()}
         (tmp / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         model.text_tower.save_extra(tmp)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

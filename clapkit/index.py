@@ -24,9 +24,7 @@ import json
 import math
 import os
 import re
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from clapkit.io import atomic_replace_dir
 from clapkit.registry import Registry
 
 if TYPE_CHECKING:
@@ -447,18 +446,6 @@ def _opt_float(x: float | None) -> float | None:
 def _row_entry(row: tuple) -> Entry:
     _, path, member, start, end, duration, captions, labels, fields = row
     return Entry(path, start, end, duration, json.loads(captions), json.loads(labels), member, json.loads(fields))
-
-
-def _replace_dir(tmp: Path, directory: Path) -> None:
-    """Move a finished temporary folder onto ``directory`` (the old one is renamed away first, then removed)."""
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
 
 
 # --------------------------------------------------------------------------------------------- the index
@@ -1020,11 +1007,10 @@ class AudioIndex:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``manifest.json``, ``index.faiss`` and ``metadata.sqlite`` under a temporary name, then
-        rename the folder into place (an interrupted save leaves the previous index intact)."""
+        rename the folder into place (``clapkit.io.atomic_replace_dir``: an interrupted save leaves the previous
+        index intact)."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_replace_dir(directory) as tmp:
             with self._lock:
                 if self._faiss is not None:
                     faiss.write_index(self._faiss, str(tmp / FAISS_FILE))
@@ -1040,10 +1026,6 @@ class AudioIndex:
                     "files": {"faiss": FAISS_FILE if self._faiss is not None else None, "metadata": METADATA_FILE},
                 }
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-            _replace_dir(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     @staticmethod

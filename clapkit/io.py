@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_save_npy", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_replace_dir", "atomic_save_npy", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -45,3 +48,45 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array))
     return atomic_write_bytes(path, buf.getvalue())
+
+
+@contextmanager
+def atomic_replace_dir(directory: str | Path) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``directory``, then swap it into place.
+
+    Yields a new empty folder in ``directory``'s parent (created if missing). When the block finishes, that
+    folder replaces ``directory``: an existing one is first renamed to ``.<name>.old`` and removed after the
+    swap (restored if the swap fails). When the block raises — an error or a KeyboardInterrupt — the
+    temporary folder is removed and ``directory`` is left as it was, so readers never see a half-written
+    folder. Between the two renames ``directory`` is briefly absent; a crash exactly there leaves the
+    previous folder at ``.<name>.old``.
+
+    Example::
+
+        with atomic_replace_dir(out) as tmp:
+            (tmp / "config.json").write_text(text)
+            save_file(state, tmp / "model.safetensors")
+
+    Args:
+        directory: The folder to write (or replace).
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        yield tmp
+        if not directory.exists():
+            os.replace(tmp, directory)
+            return
+        old = directory.with_name(f".{directory.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+        try:
+            os.replace(tmp, directory)
+        except BaseException:
+            os.replace(old, directory)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

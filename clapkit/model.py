@@ -41,6 +41,13 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+def _unit(emb: torch.Tensor) -> torch.Tensor:
+    """L2-normalise [B, D] in float32 or wider. Under bf16 autocast the projection returns bf16, whose
+    normalisation leaves norms of 1 ± 3e-3: enough to pull dot products with fp32 embeddings to 0.997 although
+    the directions agree to a cosine of 0.99998 (HTSAT-tiny, docs/benchmarks.md)."""
+    return F.normalize(emb.to(torch.promote_types(emb.dtype, torch.float32)), dim=-1)
+
+
 class ClapModel(nn.Module):
     """Contrastive audio-text model.
 
@@ -114,7 +121,7 @@ class ClapModel(nn.Module):
         """Audio tower output (e.g. cached features of a frozen tower) → head → projection [B, D]."""
         out = self.audio_head(tower_out) if self.audio_head else tower_out
         emb = self.audio_projection(out.pooled)
-        return F.normalize(emb, dim=-1) if normalize else emb
+        return _unit(emb) if normalize else emb
 
     def encode_audio(
         self, wave: torch.Tensor, normalize: bool = True, lengths: torch.Tensor | None = None
@@ -137,7 +144,7 @@ class ClapModel(nn.Module):
         """Text tower output (e.g. cached features of a frozen tower) → head → projection [B, D]."""
         out = self.text_head(tower_out) if self.text_head else tower_out
         emb = self.text_projection(out.pooled)
-        return F.normalize(emb, dim=-1) if normalize else emb
+        return _unit(emb) if normalize else emb
 
     def encode_text(self, tokens: dict[str, torch.Tensor] | torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Tokens (``tokenize``'s dict, or ids [B, L] with 0 as padding) → embeddings [B, D]."""

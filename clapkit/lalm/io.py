@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from clapkit.io import atomic_replace_dir
 from clapkit.lalm.model import DEFAULT_LLM, AudioLanguageModel, LalmConfig
 from clapkit.lalm.projectors import build_projector
 
@@ -143,9 +141,7 @@ def save_pretrained(model: AudioLanguageModel, directory: str | Path) -> Path:
     if not model.projector.registry_name:
         raise ValueError("the projector was not built by build_projector; its registry name is unknown")
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_replace_dir(directory) as tmp:
         cfg = LalmConfig.from_dict(model.config.to_dict())
         cfg.projector, cfg.projector_params = model.projector.registry_name, dict(model.projector.params or {})
         parts: dict[str, str] = {}
@@ -170,10 +166,6 @@ def save_pretrained(model: AudioLanguageModel, directory: str | Path) -> Path:
         model.tokenizer.save_pretrained(tmp / "tokenizer")
         payload = {"format": FORMAT, "config": cfg.to_dict(), "parts": parts}
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(payload, indent=2) + "\n")
-        _replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -184,17 +176,6 @@ def _audio_rows(model: AudioLanguageModel) -> dict[str, torch.Tensor]:
     if out is not None and out.weight is not emb.weight:
         rows["output"] = out.weight[ids].detach().cpu().contiguous()
     return rows
-
-
-def _replace_dir(tmp: Path, directory: Path) -> None:
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
 
 
 def _read(directory: Path) -> tuple[LalmConfig, dict[str, str]]:

@@ -17,6 +17,13 @@ that owns no new parameters: the state dict, checkpoints and conversions are unc
   the residual add fused in (``F.linear`` calls MKL's sgemm, which takes a generic, non-AVX-512 path on AMD
   CPUs); batches above ``micro_batch`` clips run in slices after the patch embedding, bounding activation memory.
 
+Under bf16 autocast the GEMMs, attention and the residual stream run in bf16 (LayerNorm statistics and the
+attention softmax accumulate in fp32 inside their kernels). Measured on HTSAT-tiny, random weights with
+trained-like BatchNorm statistics and relative-position tables, 16 ten-second clips: the relative error to fp32
+is 3e-3 after the patch embedding (bf16 rounding) and grows evenly to 1e-2 at the last stage, with no stage
+standing out; the pooled output keeps a cosine ≥ 0.99998 to fp32. Keeping the residual stream in fp32 raised
+that by 2e-6 for 5% more CPU time, so it stays bf16. (``ClapModel`` L2-normalises embeddings in fp32.)
+
 Built tensors (the mask, the concatenated q/k/v weight, weights cast to the autocast dtype) are cached without
 grad and rebuilt when a parameter changes (storage or version counter); with grad everything is recomputed
 through differentiable ops, so training gets the original gradients. Calls the fast path does not cover go to
