@@ -13,9 +13,14 @@ step is the same for both losses and left out). Rows, interleaved in one run:
   audio tower — the audio-side negatives option; informational, it is not what the target is about.
 
 Models: ``htsat-tiny`` (everything trainable: HTSAT + 12-layer CLIP text) and ``clapkit-small`` (frozen
-pretrained towers, trainable heads). open_clip's text transformer runs every caption at its full context
-(77 tokens by default) whatever its length, so models with a CLIP text tower are measured again with
-``context_length`` = ``--short-context`` (32: the benchmark's captions and negatives are ≤ 20 tokens).
+pretrained towers, trainable heads). The CLIP text tower runs only up to the longest caption of the call
+(``clapkit.towers.clip_text``), so its ``context_length`` no longer changes the cost; ``--short-context``
+still measures a CLIP-text model again with a shorter context.
+
+Then the parts of a step, to tell the inherent cost from waste: the text tower (forward + backward) on B and
+on B·(1 + K) captions, and the audio tower on the B clips. The K·B extra captions cost
+``text(B·(1+K)) − text(B)``; over ``text(B) + audio(B)`` that is the overhead any implementation that trains
+the text tower on the negatives pays.
 
 Besides wall time, CPU seconds per step are reported: on a shared machine the wall clock depends on what
 else runs, the CPU cost much less. Target: compa_hardneg ≤ 1.15 x infonce. Run:
@@ -133,6 +138,26 @@ def bench_model(
     return [(f"{name}: {label}", wall, cpu, cpu / base_cpu, wall / base_wall) for label, (wall, cpu) in times.items()]
 
 
+def bench_parts(name: str, batch: int, repeats: int) -> dict[str, float]:
+    """CPU s (forward + backward) of the text tower on B and on B·(1+K) captions, and of the audio tower on B clips."""
+    torch.manual_seed(0)
+    model = clapkit.create_model(name, pretrained=name == "clapkit-small").train()
+    wave = 0.1 * torch.randn(batch, model.config.audio.clip_samples)
+    captions, negatives = batch_texts(batch)
+
+    def backward(embeds: torch.Tensor) -> None:
+        model.zero_grad(set_to_none=True)
+        if embeds.requires_grad:  # frozen towers with frozen heads have nothing to train
+            embeds.sum().backward()
+
+    fns = {
+        "text B": lambda: backward(model.encode_text(model.tokenize(captions))),
+        "text B(1+K)": lambda: backward(model.encode_text(model.tokenize(captions + negatives))),
+        "audio B": lambda: backward(model.encode_audio(wave)),
+    }
+    return {k: cpu for k, (_, cpu) in timed(fns, repeats).items()}
+
+
 def bench_loss_only(batch: int, dim: int = 512, repeats: int = 50) -> dict[str, float]:
     """Forward + backward of the losses alone on precomputed embeddings (µs)."""
     g = torch.Generator().manual_seed(0)
@@ -156,7 +181,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="clips (and captions) per step")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per row (after one warm-up)")
     parser.add_argument(
-        "--short-context", type=int, default=32, help="also run CLIP-text models with this context (0 = don't)"
+        "--short-context", type=int, default=0, help="also run CLIP-text models with this context (0 = don't)"
     )
     args = parser.parse_args()
     print(f"machine: {machine()}; batch {args.batch}, K={K}, medians of {args.repeats}\n")
@@ -169,6 +194,14 @@ def main() -> None:
     for name, context in runs:
         for label, wall, cpu, cpu_ratio, wall_ratio in bench_model(name, args.batch, args.repeats, context):
             print(f"| {label} | {wall:.2f} | {cpu:.2f} | {cpu_ratio:.2f}x | {wall_ratio:.2f}x |", flush=True)
+    print(f"\nparts of a step, forward + backward, CPU s (batch {args.batch}, K={K}):\n")
+    print("| model | text, B captions | text, B·(1+K) captions | audio, B clips | extra captions / (text + audio) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name in args.models:
+        parts = bench_parts(name, args.batch, args.repeats)
+        text, more, audio = parts["text B"], parts["text B(1+K)"], parts["audio B"]
+        share = (more - text) / (text + audio)
+        print(f"| {name} | {text:.3f} | {more:.3f} | {audio:.3f} | +{100 * share:.0f} % |", flush=True)
     loss_only = bench_loss_only(args.batch * 16)
     print(
         f"\nloss alone, batch {args.batch * 16}, D=512, fwd+bwd CPU µs: "

@@ -12,6 +12,8 @@ The same 10 s clips, in the same run:
   the int16 round trip, ``laion_clap.training.data.get_audio_features`` (``rand_trunc``, ``repeatpad``).
 * ``laion-clap, 48 kHz FLAC files``: the same code over the exact FLAC bytes stored in the shards, one file
   each (no resampling): decoder against the same decoder.
+* ``soundfile decode only (floor)``: nothing but decoding those FLAC bytes, held in memory, with soundfile into
+  one reused float32 buffer — the part of every row that no loader can avoid.
 
 Besides wall-clock samples/s, each row reports CPU milliseconds per sample (this process and its
 DataLoader workers): on a shared machine the wall clock depends on what else runs, the CPU cost does not.
@@ -25,6 +27,7 @@ Target: the 2-worker reader ≥ 2× LAION-CLAP's per-file loading. Run:
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import resource
 import statistics
@@ -103,6 +106,20 @@ def laion_loader(paths: list[str]) -> Callable[[], int]:
     return run
 
 
+def decode_floor(paths: list[str]) -> Callable[[], int]:
+    """Decode the FLAC bytes (read into memory once) one by one into a reused buffer: the cost of the decoder alone."""
+    blobs = [Path(p).read_bytes() for p in paths]
+    buf = np.empty(int(RATE * CLIP_SECONDS), dtype=np.float32)
+
+    def run() -> int:
+        for blob in blobs:
+            with sf.SoundFile(io.BytesIO(blob)) as f:
+                f.read(min(f.frames, len(buf)), dtype="float32", out=buf[: min(f.frames, len(buf))])
+        return len(blobs)
+
+    return run
+
+
 def _register(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: leave the worker's pid where :func:`_cpu_seconds` finds it."""
     Path(tempfile.gettempdir(), f"bench_reader_worker_{os.getppid()}_{worker_id}").write_text(str(os.getpid()))
@@ -171,6 +188,7 @@ def run_case(folder: Path, n: int, seconds: float, batch_size: int, repeats: int
         "clapkit reader, in process": ours0,
         "laion-clap, source files (44.1 kHz WAV)": laion_loader(wavs),
         "laion-clap, 48 kHz FLAC files": laion_loader(flacs),
+        "soundfile decode only (floor)": decode_floor(flacs),
     }
     results = measure(fns, n, repeats)
     assert reader.stats.skipped == 0 and reader.stats.as_dict()["shard_errors"] == 0

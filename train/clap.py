@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from clapkit.losses import LOSSES
 from clapkit.model import ClapModel
 from train.cache import TowerCache, waveform_keys
 from train.callbacks import Checkpoint, EvalSuite, ReaderStats, SamplesPerSecond
-from train.optim import OptimConfig, build_optimizer, build_scheduler, freeze_zero_lr
+from train.optim import OptimConfig, build_optimizer, build_scheduler, freeze_zero_lr, param_ndims
 
 __all__ = ["ClapDataModule", "ClapModule", "build_clap_model", "main"]
 
@@ -55,6 +56,87 @@ def build_clap_model(
     model = ClapModel(config, pretrained=False, root=root)
     load_state(model, source.state_dict(), str(init_from))
     return model, root
+
+
+def _shardable_scalars(module: torch.nn.Module) -> list[str]:
+    """Give 0-d parameters (the logit scale) shape [1], as FSDP cannot shard scalars; returns their names.
+
+    State dicts loaded into ``module`` may still hold them 0-d (a hook reshapes them), and
+    :func:`_unshardable_scalars` turns saved ones back, so checkpoints and exports match unsharded runs.
+    """
+    names = []
+    for prefix, owner in module.named_modules():
+        scalars = [n for n, p in owner.named_parameters(recurse=False) if p.ndim == 0]
+        for name in scalars:
+            param = getattr(owner, name)
+            setattr(owner, name, torch.nn.Parameter(param.detach().reshape(1), requires_grad=param.requires_grad))
+            names.append(f"{prefix}.{name}" if prefix else name)
+        if scalars:
+            owner.register_load_state_dict_pre_hook(partial(_load_as_vectors, names=scalars))
+    return names
+
+
+def _load_as_vectors(module, state_dict, prefix, *args, names: list[str]) -> None:
+    for name in names:
+        value = state_dict.get(prefix + name)
+        if getattr(value, "ndim", None) == 0:  # also Lightning's lazily loaded checkpoint tensors
+            state_dict[prefix + name] = torch.reshape(value, (1,))
+
+
+def _unshardable_scalars(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Reshape the [1] tensors of :func:`_shardable_scalars` in a full state dict back to 0-d, in place."""
+    for name in names:
+        value = state.get(name)
+        if type(value) is torch.Tensor and value.shape == (1,):  # not a sharded checkpoint's ShardedTensor
+            state[name] = value.reshape(())
+    return state
+
+
+def _autocast_only(strategy: FSDPStrategy) -> None:
+    """Mixed precision under FSDP as under DDP: autocast over float32 parameters, gradients and buffers.
+
+    Lightning's FSDP plugin also casts the parameters and buffers to 16 bit for the forward pass. The buffers
+    include ``LogMel``'s filterbank and window, which stay float32 on purpose (it runs with autocast off: 16-bit
+    FFTs lose the quiet bins the log exposes), so the float32 spectrogram would meet a 16-bit filterbank. A
+    ``mixed_precision`` set on the strategy is kept as given.
+    """
+    if strategy.mixed_precision is None and "mixed" in strategy.precision_plugin.precision:
+        from torch.distributed.fsdp import MixedPrecision
+
+        strategy.mixed_precision = MixedPrecision()  # no casts: FSDP shards, autocast (the plugin's) computes
+
+
+def _check_fsdp_validation(trainer: pl.Trainer) -> None:
+    """Refuse validation shards under FSDP with several ranks unless the batches per rank are capped.
+
+    Every FSDP forward pass gathers parameters from all ranks, so all ranks must run the same number of
+    validation batches; shards split between ranks give them different numbers, and the rank with more would
+    wait forever for the others.
+    """
+    val_shards = getattr(getattr(trainer.datamodule, "hparams", None), "val_shards", None)
+    if trainer.world_size > 1 and val_shards and not isinstance(trainer.limit_val_batches, int):
+        raise ValueError(
+            "data.val_shards with strategy fsdp: every rank must run the same number of validation batches; set "
+            "trainer.limit_val_batches to a count that every rank reaches (the batches in its share of the "
+            "validation shards), or drop data.val_shards and run `clapkit eval` on the exported model"
+        )
+
+
+def _optimizer_layout(strategy: pl.strategies.Strategy) -> str:
+    return "fsdp" if isinstance(strategy, FSDPStrategy) else "standard"
+
+
+def _full_state_dict(strategy: FSDPStrategy, scalars: list[str]) -> dict[str, torch.Tensor]:
+    """The LightningModule's full state dict on rank 0 (empty on the others), gathered from the FSDP shards
+    whatever format the strategy checkpoints in. A collective: every rank calls it."""
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    # Offloading to the CPU from the CPU frees the gathered parameters before they are copied (torch's
+    # FlatParamHandle.to_cpu), so offload only from an accelerator.
+    config = FullStateDictConfig(offload_to_cpu=strategy.root_device.type != "cpu", rank0_only=True)
+    with FSDP.state_dict_type(strategy.model, StateDictType.FULL_STATE_DICT, config):
+        return _unshardable_scalars(strategy.model.state_dict(), scalars)
 
 
 class ClapModule(pl.LightningModule):
@@ -111,6 +193,8 @@ class ClapModule(pl.LightningModule):
         if cache_frozen_towers:
             self._make_caches(cache_max_items, cache_dtype)
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._ndims: dict[str, int] | None = None  # parameter shapes before FSDP flattens them (setup)
+        self._scalars: list[str] = []  # 0-d parameters made [1] for FSDP (setup)
 
     def _make_caches(self, max_items: int, dtype_name: str) -> None:
         dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -128,20 +212,39 @@ class ClapModule(pl.LightningModule):
             self.text_cache = TowerCache(self.model.text_head is not None, max_items, dtypes[dtype_name])
 
     # ------------------------------------------------------------------ encoding
-    def _lengths(self, batch: dict[str, Any]) -> torch.Tensor | None:
+    def _lengths(self, batch: dict[str, Any], key: str = "lengths") -> torch.Tensor | None:
         # Zero padding is masked out; repeat padding is content (as ClapModel.embed_audio).
-        return batch["lengths"] if self.model.config.audio.pad == "zero" else None
+        return batch[key] if self.model.config.audio.pad == "zero" else None
+
+    def _uses_counterfactuals(self, batch: dict[str, Any]) -> bool:
+        return "audio_negatives" in self.loss_fn.inputs and "counterfactual" in batch
 
     def encode_audio(self, batch: dict[str, Any]) -> torch.Tensor:
         """Reader batch → audio embeddings [B, D]."""
-        wave, lengths = batch["audio"], self._lengths(batch)
+        return self._encode_waves(batch["audio"], self._lengths(batch), batch.get("audio_keys"))
+
+    def encode_with_counterfactuals(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reader batch → audio embeddings [B, D] and those of the counterfactual audio of the Bc samples that have
+        one (``counterfactual`` [B, T] where ``has_counterfactual``) [Bc, D], from one tower call."""
+        has = batch["has_counterfactual"]
+        wave = torch.cat([batch["audio"], batch["counterfactual"][has]])  # [B + Bc, T]
+        lengths, keys = self._lengths(batch), batch.get("audio_keys")
+        if lengths is not None:
+            lengths = torch.cat([lengths, batch["counterfactual_lengths"][has]])
+        if keys is not None:
+            keys = keys + batch["counterfactual_keys"]
+        embeds = self._encode_waves(wave, lengths, keys)  # [B + Bc, D]
+        size = batch["audio"].shape[0]
+        return embeds[:size], embeds[size:]
+
+    def _encode_waves(self, wave: torch.Tensor, lengths: torch.Tensor | None, keys: list[str] | None) -> torch.Tensor:
         if self.audio_cache is None:
             return self.model.encode_audio(wave, lengths=lengths)
 
         def tower(idx: list[int]):
             return self.model.audio_tower(wave[idx], None if lengths is None else lengths[idx])
 
-        return self.model.audio_from_tower(self.audio_cache(batch["audio_keys"], tower, wave.device))
+        return self.model.audio_from_tower(self.audio_cache(keys, tower, wave.device))
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Captions → text embeddings [N, D]."""
@@ -156,7 +259,9 @@ class ClapModule(pl.LightningModule):
         return self.model.text_from_tower(self.text_cache(texts, tower, self.device))
 
     def embed_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Audio [B, D], captions [B, D] and, for losses that use them, per-sample text groups [B, K, D] + masks."""
+        """Audio [B, D], captions [B, D] and, for losses that use them, per-sample text groups [B, K, D] + masks
+        and the counterfactual audio as audio negatives [B, 1, D] + mask [B, 1] (``False`` where a sample has none).
+        """
         captions = list(batch["captions"])
         size = len(captions)
         texts, spans = list(captions), {}
@@ -166,7 +271,15 @@ class ClapModule(pl.LightningModule):
                 spans[group] = (len(texts), [len(x) for x in lists])
                 texts += [t for x in lists for t in x]
         text = self.encode_texts(texts)  # [B + Σ K, D]
-        out = {"audio_embeds": self.encode_audio(batch), "text_embeds": text[:size]}
+        if self._uses_counterfactuals(batch):
+            audio, counter = self.encode_with_counterfactuals(batch)  # [B, D], [Bc, D]
+            has = batch["has_counterfactual"].to(audio.device)  # [B]
+            embeds = audio.new_zeros(size, 1, audio.shape[1])  # [B, 1, D]
+            embeds[has, 0] = counter
+            negatives = {"audio_negative_embeds": embeds, "audio_negative_mask": has[:, None]}
+        else:
+            audio, negatives = self.encode_audio(batch), {}
+        out = {"audio_embeds": audio, "text_embeds": text[:size], **negatives}
         for group, (start, counts) in spans.items():
             embeds_key, mask_key = _TEXT_GROUPS[group]
             k = max(counts, default=0)
@@ -178,11 +291,48 @@ class ClapModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
-        freeze_zero_lr(self, self.optim)  # before DDP/FSDP wrap the module
+        # Before DDP/FSDP wrap the module: frozen parameters, their shapes, and scalars FSDP cannot shard.
+        freeze_zero_lr(self, self.optim)
+        self._ndims = param_ndims(self)
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            _check_fsdp_validation(self.trainer)
+            self._scalars = _shardable_scalars(self)
+            _autocast_only(self.trainer.strategy)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The weights are saved alike under every strategy (scalars made [1] for FSDP go back to 0-d); the
+        # optimizer states are not: Lightning keys FSDP's by model parameter order, other strategies' by
+        # optimizer order, and the two differ when towers are frozen or learning rates grouped.
+        _unshardable_scalars(checkpoint["state_dict"], self._scalars)
+        checkpoint["optimizer_layout"] = _optimizer_layout(self.trainer.strategy)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved, current = checkpoint.get("optimizer_layout"), _optimizer_layout(self.trainer.strategy)
+        resuming = self.trainer.state.fn == "fit" and checkpoint.get("optimizer_states")
+        if resuming and saved is not None and saved != current:
+            raise ValueError(
+                f"--ckpt_path: the checkpoint holds {saved} optimizer states, this run uses {current}; resume with "
+                "the trainer.strategy that wrote it, or start a new run from the exported model (model.init_from)"
+            )
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip by norm under FSDP with its own ``clip_grad_norm_``: the norm is over every rank's shard."""
+        strategy = self.trainer.strategy
+        if not gradient_clip_val or not isinstance(strategy, FSDPStrategy) or gradient_clip_algorithm == "value":
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        strategy.model.clip_grad_norm_(gradient_clip_val)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.audio_cache is not None and isinstance(batch, dict):
             batch["audio_keys"] = waveform_keys(batch["audio"], self._lengths(batch))
+            if self._uses_counterfactuals(batch):
+                has = batch["has_counterfactual"]
+                lengths = self._lengths(batch, "counterfactual_lengths")
+                batch["counterfactual_keys"] = waveform_keys(
+                    batch["counterfactual"][has], None if lengths is None else lengths[has]
+                )
         return batch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -222,7 +372,7 @@ class ClapModule(pl.LightningModule):
         return torch.cat([rows[r, : int(n)] for r, n in enumerate(sizes)])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self, self.optim)
+        optimizer = build_optimizer(self, self.optim, self._ndims)
         # A dry run (fast_dev_run) takes one step: the schedule's warmup cannot fit, and does not matter.
         cfg = replace(self.optim, warmup_steps=0, total_steps=None) if self.trainer.fast_dev_run else self.optim
         scheduler = build_scheduler(optimizer, cfg, self.trainer.estimated_stepping_batches)
@@ -234,7 +384,7 @@ class ClapModule(pl.LightningModule):
         # Collective calls (log_dir is broadcast from rank 0; FSDP gathers the state): every rank makes them.
         target = Path(self.export_dir or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "model")
         sharded = isinstance(self.trainer.strategy, FSDPStrategy)
-        state = self.trainer.strategy.lightning_module_state_dict() if sharded else None
+        state = _full_state_dict(self.trainer.strategy, self._scalars) if sharded else None
         if self.trainer.is_global_zero:
             self.export(target, state)
         self.trainer.strategy.barrier("export")
@@ -274,6 +424,9 @@ class ClapDataModule(pl.LightningDataModule):
         max_positives: Paraphrase positives kept per sample.
         max_negatives: Hard negatives kept per sample.
         other_captions_as_positives: Captions not drawn join the positives (AF-CLAP).
+        counterfactuals: Read the samples' counterfactual audio (``counterfactual.flac`` members, audio-side hard
+            negatives; it doubles the audio work of the samples that have one). ``None``: when the loss takes
+            audio negatives (``compa_hardneg``, ``compa_modular``, ``afclap`` with ``symmetric``).
         drop_last: Drop the last, smaller batch (keeps the batch size equal across ranks).
         seed: Seed of shard order, shuffling, crops and caption choice.
         audio: ``AudioConfig`` fields to use instead of the model's (sample_rate, clip_seconds, pad).
@@ -293,6 +446,7 @@ class ClapDataModule(pl.LightningDataModule):
         max_positives: int | None = None,
         max_negatives: int | None = None,
         other_captions_as_positives: bool = False,
+        counterfactuals: bool | None = None,
         drop_last: bool = True,
         seed: int = 0,
         audio: dict[str, Any] | None = None,
@@ -310,6 +464,12 @@ class ClapDataModule(pl.LightningDataModule):
             raise ValueError("data: no audio settings; give data.audio or train a ClapModule")
         return module.model.config.audio
 
+    def _counterfactuals(self) -> bool:
+        if self.hparams.counterfactuals is not None:
+            return self.hparams.counterfactuals
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return "audio_negatives" in getattr(getattr(module, "loss_fn", None), "inputs", ())
+
     def reader_config(self, train: bool) -> ReaderConfig:
         h = self.hparams
         return ReaderConfig.for_audio(
@@ -323,6 +483,7 @@ class ClapDataModule(pl.LightningDataModule):
             max_positives=h.max_positives,
             max_negatives=h.max_negatives,
             other_captions_as_positives=h.other_captions_as_positives,
+            counterfactuals=self._counterfactuals(),
             drop_last=h.drop_last if train else False,
             seed=h.seed,
         )
@@ -338,14 +499,33 @@ class ClapDataModule(pl.LightningDataModule):
             raise ValueError("data.train_shards: give a shard folder, manifest, brace pattern or list of shards")
 
     def train_dataloader(self):
+        # The loader is stateful: Lightning checkpoints its epoch and position, so a resumed run reads on from there.
         self.train_reader = ShardReader(self.hparams.train_shards, self.reader_config(train=True))
-        return self.train_reader.loader(self.hparams.num_workers, pin_memory=torch.cuda.is_available())
+        loader = self.train_reader.loader(self.hparams.num_workers, pin_memory=torch.cuda.is_available())
+        if self.trainer is not None:  # the trainer fetches a batch ahead: count the batches it trained on
+            loader.consumed = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return loader
 
     def val_dataloader(self):
         if not self.hparams.val_shards:
             return []
         self.val_reader = ShardReader(self.hparams.val_shards, self.reader_config(train=False))
         return self.val_reader.loader(self.hparams.num_workers, pin_memory=torch.cuda.is_available())
+
+
+def _check_precision(trainer: Any) -> None:
+    """Refuse ``precision: 16-mixed`` on the CPU, before any model is built.
+
+    Lightning would train in bf16-mixed instead with a warning (float16 autocast and its gradient scaler are a
+    GPU recipe), while the config, the logs and the checkpoints' hyperparameters say 16-mixed.
+    """
+    precision, accelerator = str(trainer.get("precision")), trainer.get("accelerator")
+    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+    if precision in ("16-mixed", "16") and on_cpu:
+        raise ValueError(
+            f"trainer.precision {precision}: float16 mixed precision needs a GPU (accelerator: {accelerator}); "
+            "on the CPU set trainer.precision: bf16-mixed (or 32-true)"
+        )
 
 
 class ClapCLI(LightningCLI):
@@ -355,6 +535,9 @@ class ClapCLI(LightningCLI):
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults({"checkpoint.every_n_train_steps": 1000, "checkpoint.save_last": True})
         parser.add_lightning_class_args(EvalSuite, "eval")
+
+    def before_instantiate_classes(self) -> None:
+        _check_precision(self._get(self.config, "trainer"))
 
     def fit(self, model: pl.LightningModule, **kwargs: Any) -> None:
         """``trainer.fit``, resuming through ``torch.load(weights_only=True)`` unless ``--weights_only false``."""

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["OptimConfig", "ParamGroup", "build_optimizer", "build_scheduler", "clean_name", "freeze_zero_lr"]
+__all__ = [
+    "OptimConfig",
+    "ParamGroup",
+    "build_optimizer",
+    "build_scheduler",
+    "clean_name",
+    "freeze_zero_lr",
+    "param_ndims",
+]
 
 # Wrapper segments that FSDP / activation checkpointing insert into parameter names.
 _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -62,8 +70,17 @@ def clean_name(name: str) -> str:
     return name
 
 
-def _no_decay(name: str, param: nn.Parameter) -> bool:
-    return param.ndim < 2 or "logit_scale" in name
+def param_ndims(module: nn.Module) -> dict[str, int]:
+    """Clean parameter name → number of dimensions, for :func:`build_optimizer` under FSDP.
+
+    Take it before FSDP wraps the module: with ``use_orig_params`` the parameters it hands out afterwards are
+    1-D views into flat shards, so their ``ndim`` no longer tells weight matrices from biases.
+    """
+    return {clean_name(name): param.ndim for name, param in module.named_parameters()}
+
+
+def _no_decay(name: str, ndim: int) -> bool:
+    return ndim < 2 or "logit_scale" in name
 
 
 def _group_of(name: str, cfg: OptimConfig) -> int | None:
@@ -85,11 +102,15 @@ def freeze_zero_lr(module: nn.Module, cfg: OptimConfig) -> int:
     return frozen
 
 
-def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(module: nn.Module, cfg: OptimConfig, ndims: dict[str, int] | None = None) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of ``module``, grouped by ``cfg.param_groups`` and decay.
 
     Parameters with ``requires_grad=False`` (frozen towers) and groups with ``lr: 0`` stay out of the
     optimizer; the latter are frozen here. Every ``param_groups`` prefix must match some parameter.
+
+    Args:
+        ndims: The parameters' original dimensions (:func:`param_ndims` before FSDP flattened them); the
+            default reads them from the parameters.
 
     Raises:
         ValueError: a prefix that matches nothing, or nothing left to train.
@@ -109,7 +130,8 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         if group is not None and group.weight_decay is not None:
             decay = group.weight_decay
         else:
-            decay = 0.0 if _no_decay(name, param) else cfg.weight_decay
+            ndim = param.ndim if ndims is None else ndims[name]
+            decay = 0.0 if _no_decay(name, ndim) else cfg.weight_decay
         buckets.setdefault((lr, decay), []).append(param)
     unused = [g.prefix for g, u in zip(cfg.param_groups, used) if not u]
     if unused:

@@ -34,6 +34,7 @@ def _cmd_write(args: argparse.Namespace) -> int:
         compression=args.compression,
         workers=args.workers,
         require_captions=not args.allow_no_caption,
+        counterfactual_audio=not args.no_counterfactual_audio,
     )
     records = read_inputs(args.source, label_caption=args.label_caption)
     if not records:
@@ -52,7 +53,12 @@ def _verify(folder: str, sample_rate: int | None, workers: int) -> dict[str, int
 
     # Decode every sample at its stored rate; a short clip keeps the check cheap after decoding.
     config = ReaderConfig(
-        sample_rate=sample_rate or 48_000, clip_seconds=0.1, batch_size=64, train=False, require_captions=False
+        sample_rate=sample_rate or 48_000,
+        clip_seconds=0.1,
+        batch_size=64,
+        train=False,
+        require_captions=False,
+        counterfactuals=True,
     )
     reader = ShardReader(folder, config)
     for _ in reader.loader(num_workers=workers):
@@ -94,7 +100,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     shards = sub.add_parser(
         "shards",
         help="write and inspect WebDataset training shards",
-        description="Training shards: tar files of <key>.flac + <key>.json samples with a manifest.json.",
+        description="Training shards: tar files of <key>.flac + <key>.json samples (+ <key>.counterfactual.flac) "
+        "with a manifest.json.",
     )
     commands = shards.add_subparsers(dest="shards_command", required=True, metavar="SUBCOMMAND")
 
@@ -106,7 +113,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "shards are kept. Unusable inputs are skipped and listed in report.json.",
         epilog="Inputs: a FOLDER of audio files with x.txt / x.json sidecar captions, or one sub-folder per label; "
         "a CSV with columns path,caption[,label...] ('|' separates several values in a cell); or a JSONL file "
-        'with {"audio": path, "captions": [...], ...} per line (other fields are kept in the sample).',
+        'with {"audio": path, "captions": [...], ...} per line (other fields are kept in the sample). '
+        "A counterfactual_audio field or column names a sample's counterfactual audio (a different scene of the "
+        "same events, e.g. from the scene composer's scenes.jsonl); it is stored as <key>.counterfactual.flac.",
     )
     p.add_argument("--from", dest="source", required=True, metavar="DIR|CSV|JSONL", help="the inputs")
     p.add_argument("--out", required=True, metavar="DIR", help="shard folder (created)")
@@ -137,6 +146,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--allow-no-caption", action="store_true", help="keep samples without captions (e.g. conversation samples)"
     )
+    p.add_argument(
+        "--no-counterfactual-audio",
+        action="store_true",
+        help="do not store the counterfactual_audio files of the inputs (their names stay in the metadata)",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete shards already in --out instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_write)
@@ -145,7 +159,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "info",
         help="summarise (and optionally verify) a shard folder",
         description="Print the manifest summary of a shard folder. With --verify, read and decode every sample "
-        "and compare the counts with the manifest (exit status 1 on a mismatch or an unreadable shard).",
+        "(and its counterfactual audio) and compare the counts with the manifest (exit status 1 on a mismatch or an "
+        "unreadable shard).",
     )
     p.add_argument("folder", help="shard folder or its manifest.json")
     p.add_argument("--verify", action="store_true", help="decode every sample and check the counts")

@@ -12,7 +12,11 @@
   ``caption``, ``positives``, ``negatives``, ``labels`` …). Unknown fields, such as a ``conversation``
   list, are passed through to the shard unchanged.
 
-Relative paths in a CSV or JSONL file are relative to the folder of that file. Lines that cannot be
+A ``counterfactual_audio`` field (a JSONL or sidecar field, or a CSV column; an empty cell means none) names
+the sample's counterfactual audio, which the writer stores beside the audio (see :mod:`clapkit.data.schema`).
+
+Relative paths in a CSV or JSONL file (``audio``, ``path``, ``counterfactual_audio``) are relative to the folder
+of that file; in a sidecar, to the sidecar's folder. Lines that cannot be
 parsed become records with an ``error``; the writer lists them in its report instead of stopping.
 """
 
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from clapkit.data.files import AUDIO_EXTENSIONS
+from clapkit.data.schema import COUNTERFACTUAL_FIELD
 
 __all__ = ["InputRecord", "read_csv", "read_dir", "read_inputs", "read_jsonl"]
 
@@ -88,7 +93,7 @@ def _sidecar(audio: Path) -> tuple[dict[str, Any] | None, str | None]:
             return {}, f"{side_json}: invalid JSON ({err})"
         if not isinstance(raw, dict):
             return {}, f"{side_json}: expected a JSON object with the sample fields"
-        return raw, None
+        return _resolve_counterfactual(raw, audio.parent), None
     if side_txt.is_file():
         try:
             lines = side_txt.read_text(encoding="utf-8").splitlines()
@@ -119,6 +124,17 @@ def read_dir(root: str | Path, *, label_caption: str = "{}") -> list[InputRecord
 def _resolve(path: str, base: Path) -> str:
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else base / p)
+
+
+def _resolve_counterfactual(fields: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make a relative ``counterfactual_audio`` path relative to ``base``; an empty one means none."""
+    value = fields.get(COUNTERFACTUAL_FIELD)
+    if isinstance(value, str):
+        if value.strip():
+            fields[COUNTERFACTUAL_FIELD] = _resolve(value.strip(), base)
+        else:
+            del fields[COUNTERFACTUAL_FIELD]
+    return fields  # other values are left for SampleMeta to report
 
 
 def read_csv(path: str | Path) -> list[InputRecord]:
@@ -153,6 +169,7 @@ def read_csv(path: str | Path) -> list[InputRecord]:
                     fields.setdefault(prefix + "s", []).extend(value.split(CSV_LIST_SEPARATOR))
             audio = row["path"].strip()
             error = None if audio else f"{origin}: empty path"
+            fields = _resolve_counterfactual(fields, path.parent)
             records.append(InputRecord(_resolve(audio, path.parent) if audio else "", fields, origin, error))
     return records
 
@@ -175,5 +192,5 @@ def read_jsonl(path: str | Path) -> list[InputRecord]:
                 records.append(InputRecord("", {}, origin, f"{origin}: expected an object with an 'audio' path"))
                 continue
             audio = raw.pop("audio").strip()
-            records.append(InputRecord(_resolve(audio, path.parent), raw, origin))
+            records.append(InputRecord(_resolve(audio, path.parent), _resolve_counterfactual(raw, path.parent), origin))
     return records

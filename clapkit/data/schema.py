@@ -1,16 +1,23 @@
 """The sample schema of clapkit shards and the manifest that describes a shard folder.
 
-A shard is a tar file of samples; each sample is two members with the same key::
+A shard is a tar file of samples; each sample is two or three members with the same key::
 
-    000000042.flac   mono audio, 16- or 24-bit FLAC
-    000000042.json   {"captions": [...], "positives": [...], "negatives": [...],
-                      "labels": [...], "duration": 9.87, "source": "clips/dog.wav", ...}
+    000000042.flac                  mono audio, 16- or 24-bit FLAC
+    000000042.json                  {"captions": [...], "positives": [...], "negatives": [...],
+                                     "labels": [...], "duration": 9.87, "source": "clips/dog.wav", ...}
+    000000042.counterfactual.flac   optional: counterfactual audio, stored like the main audio
 
 ``captions`` describe the audio; ``positives`` are paraphrases that mean the same (AF-CLAP);
 ``negatives`` are hard negatives that describe a different scene (CompA); ``labels`` are class names;
 ``duration`` is the stored audio in seconds; ``source`` names where the audio came from. Any other
 field (for example a ``conversation`` list of turns for LALM training) is kept as it is, in
 :attr:`SampleMeta.extra`, so that new kinds of samples need no change here.
+
+Counterfactual audio is a different scene made of the same events as the sample (the events reversed,
+in sequence instead of overlapping, the attributes swapped; see ``clapkit.compose.scenes``): an audio-side
+hard negative for the sample's captions. An input record names its file in ``counterfactual_audio``; the
+writer stores that audio as the ``counterfactual.flac`` member and keeps the file name in the JSON's
+``counterfactual_audio`` field (in :attr:`SampleMeta.extra`), as ``source`` keeps the main audio's.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "COUNTERFACTUAL_FIELD",
+    "COUNTERFACTUAL_PREFIX",
     "MANIFEST_NAME",
     "REPORT_NAME",
     "TEXT_FIELDS",
@@ -35,6 +44,11 @@ __all__ = [
 #: File names inside a shard folder.
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
+
+#: Input / metadata field that names the counterfactual audio file of a sample.
+COUNTERFACTUAL_FIELD = "counterfactual_audio"
+#: Extension prefix of the counterfactual audio member (``<key>.counterfactual.flac``).
+COUNTERFACTUAL_PREFIX = "counterfactual."
 
 #: Fields that hold lists of texts.
 TEXT_FIELDS = ("captions", "positives", "negatives", "labels")
@@ -93,7 +107,8 @@ class SampleMeta:
         """Validate a metadata mapping; singular aliases (``caption``, ``text``, ``label`` …) join their list.
 
         Raises:
-            ValueError: a text field that is not text, an empty text, or a bad ``duration`` / ``source``.
+            ValueError: a text field that is not text, an empty text, or a bad ``duration`` / ``source`` /
+                ``counterfactual_audio``.
         """
         if not isinstance(raw, Mapping):
             raise ValueError(f"{name}: metadata must be a JSON object, got {type(raw).__name__}")
@@ -117,6 +132,11 @@ class SampleMeta:
         source = raw.get("source")
         if source is not None and not isinstance(source, str):
             raise ValueError(f"{name}: source must be a string, got {type(source).__name__}")
+        counterfactual = raw.get(COUNTERFACTUAL_FIELD)
+        if counterfactual is not None and (not isinstance(counterfactual, str) or not counterfactual.strip()):
+            raise ValueError(
+                f"{name}: {COUNTERFACTUAL_FIELD} must name the counterfactual audio file, got {counterfactual!r}"
+            )
         return cls(**texts, duration=duration, source=source, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """Write training shards: audio files + captions → tar shards of ``<key>.flac`` + ``<key>.json`` and a manifest.
 
+A record with a ``counterfactual_audio`` file also gets a ``<key>.counterfactual.flac`` member, encoded like
+the main audio (see :mod:`clapkit.data.schema`).
+
 Encoding (decode → mono → resample → FLAC) runs in a process pool; webdataset's ``ShardWriter``
 cuts the shards by size and count. The write is resumable: the manifest is rewritten after every
 finished shard, a rerun with the same inputs and settings skips the finished shards and rewrites
 the one that was interrupted. Shards are written as ``*.tar.partial`` and renamed when complete.
 Inputs that cannot be used (unreadable audio, empty captions, bad lines) are skipped and listed in
-``report.json``.
+``report.json``; so are records whose counterfactual audio cannot be used.
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ from tqdm.auto import tqdm
 
 from clapkit.audio import load_audio
 from clapkit.data.inputs import InputRecord
-from clapkit.data.schema import MANIFEST_NAME, REPORT_NAME, Manifest, SampleMeta, ShardInfo, load_manifest
+from clapkit.data.schema import (
+    COUNTERFACTUAL_FIELD,
+    COUNTERFACTUAL_PREFIX,
+    MANIFEST_NAME,
+    REPORT_NAME,
+    Manifest,
+    SampleMeta,
+    ShardInfo,
+    load_manifest,
+)
 from clapkit.io import atomic_write_json
 
 __all__ = ["WriterConfig", "parse_size", "shard_key", "write_shards"]
@@ -59,6 +71,8 @@ class WriterConfig:
         workers: Encoding processes; ``0`` encodes in this process.
         require_captions: Reject samples without a caption (turn off for samples that carry other
             annotations, e.g. a ``conversation``).
+        counterfactual_audio: Store each record's ``counterfactual_audio`` file as its ``counterfactual.flac``
+            member (at the sample rate of its main audio); ``False`` keeps only the file name in the metadata.
     """
 
     shard_size: int = 256_000_000
@@ -68,6 +82,7 @@ class WriterConfig:
     compression: float = 0.0
     workers: int = 0
     require_captions: bool = True
+    counterfactual_audio: bool = True
 
     def __post_init__(self) -> None:
         if self.bits not in _SUBTYPES:
@@ -114,14 +129,29 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def encode_record(record: InputRecord, config: WriterConfig) -> tuple[bytes, bytes]:
+def _flac(wave: np.ndarray, rate: int, config: WriterConfig) -> bytes:
+    buf = io.BytesIO()
+    # libsndfile wraps out-of-range floats around when converting to integers: clip first.
+    sf.write(
+        buf,
+        np.clip(wave, -1.0, 1.0),
+        rate,
+        format="FLAC",
+        subtype=_SUBTYPES[config.bits],
+        compression_level=config.compression,
+    )
+    return buf.getvalue()
+
+
+def encode_record(record: InputRecord, config: WriterConfig) -> dict[str, bytes]:
     """Decode, validate and encode one record.
 
     Returns:
-        (FLAC bytes, JSON bytes) of the sample.
+        The sample's members by extension: ``flac`` and ``json``, and ``counterfactual.flac`` when the record
+        names counterfactual audio (and ``config.counterfactual_audio`` is on).
 
     Raises:
-        ValueError: unreadable audio or invalid metadata; the message names the input.
+        ValueError: unreadable audio (or counterfactual audio) or invalid metadata; the message names the input.
     """
     if record.error:
         raise ValueError(record.error)
@@ -135,22 +165,21 @@ def encode_record(record: InputRecord, config: WriterConfig) -> tuple[bytes, byt
         except (sf.LibsndfileError, RuntimeError, OSError) as err:
             raise ValueError(f"{record.audio}: cannot read audio ({err})") from err
     wave = load_audio(record.audio, rate).numpy()  # [T] mono float32
-    buf = io.BytesIO()
-    # libsndfile wraps out-of-range floats around when converting to integers: clip first.
-    sf.write(
-        buf,
-        np.clip(wave, -1.0, 1.0),
-        rate,
-        format="FLAC",
-        subtype=_SUBTYPES[config.bits],
-        compression_level=config.compression,
-    )
+    members = {"flac": _flac(wave, rate, config)}
+    counterfactual = meta.extra.get(COUNTERFACTUAL_FIELD)
+    if counterfactual is not None and config.counterfactual_audio:
+        try:
+            other = load_audio(counterfactual, rate).numpy()  # [T'] mono float32
+        except ValueError as err:
+            raise ValueError(f"{record.origin or record.audio}: counterfactual audio: {err}") from err
+        members[COUNTERFACTUAL_PREFIX + "flac"] = _flac(other, rate, config)
     meta.duration = round(len(wave) / rate, 6)
     meta.source = meta.source or record.audio
-    return buf.getvalue(), meta.to_json_bytes()
+    members["json"] = meta.to_json_bytes()
+    return members
 
 
-def _encode_task(record: InputRecord, config: WriterConfig) -> tuple[bytes, bytes] | str:
+def _encode_task(record: InputRecord, config: WriterConfig) -> dict[str, bytes] | str:
     try:
         return encode_record(record, config)
     except ValueError as err:
@@ -159,8 +188,8 @@ def _encode_task(record: InputRecord, config: WriterConfig) -> tuple[bytes, byte
 
 def _encoded(
     records: Sequence[InputRecord], start: int, config: WriterConfig
-) -> Iterator[tuple[int, tuple[bytes, bytes] | str]]:
-    """(index, (flac, json) or the reason it was skipped), in input order, encoded in parallel."""
+) -> Iterator[tuple[int, dict[str, bytes] | str]]:
+    """(index, the sample's members or the reason it was skipped), in input order, encoded in parallel."""
     if config.workers <= 0:
         for index in range(start, len(records)):
             yield index, _encode_task(records[index], config)
@@ -344,8 +373,7 @@ def write_shards(
                         group="clapkit",
                         mtime=0,  # reproducible bytes: a resumed shard equals an uninterrupted one
                     )
-                flac, meta = result
-                writer.write({"__key__": shard_key(index), "flac": flac, "json": meta})
+                writer.write({"__key__": shard_key(index), **result})
                 run.count += 1
             bar.update(1)
             bar.set_postfix(shards=len(run.manifest.shards), skipped=len(run.skipped), refresh=False)

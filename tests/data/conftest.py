@@ -53,3 +53,34 @@ def shard_dir(tmp_path):
 
 def meta_of(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
+
+
+def tone(freq: float, seconds: float, rate: int = RATE) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture
+def counterfactual_listing(tmp_path):
+    """A ``scenes.jsonl``-like listing: 6 tone clips, each but every third with a counterfactual tone.
+
+    Returns (listing path, {index: (audio [T], counterfactual [T'] or None)}); lengths vary (0.3-1.2 s) so crops
+    and pads both occur.
+    """
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    lines, waves = [], {}
+    for i in range(6):
+        audio = tone(300 + 100 * i, 0.3 + 0.3 * (i % 4))
+        sf.write(folder / f"s{i}.flac", audio, RATE)
+        line = {"audio": f"s{i}.flac", "captions": [f"tone {i} then more"], "negatives": [f"more then tone {i}"]}
+        counterfactual = None
+        if i % 3:
+            counterfactual = tone(2000 + 100 * i, 0.3 + 0.3 * ((i + 1) % 4))
+            sf.write(folder / f"s{i}.counterfactual.flac", counterfactual, RATE)
+            line["counterfactual_audio"] = f"s{i}.counterfactual.flac"
+        lines.append(json.dumps(line))
+        waves[i] = (audio, counterfactual)
+    listing = folder / "scenes.jsonl"
+    listing.write_text("\n".join(lines) + "\n")
+    return listing, waves

@@ -83,3 +83,30 @@ def test_dispatch(tmp_path):
     (tmp_path / "x.parquet").write_text("")
     with pytest.raises(ValueError, match="unknown input kind"):
         read_inputs(tmp_path / "x.parquet")
+
+
+def test_counterfactual_paths_are_resolved_like_the_audio(tmp_path):
+    listing = tmp_path / "sub" / "list.jsonl"
+    listing.parent.mkdir()
+    lines = [
+        {"audio": "a.wav", "captions": ["a then b"], "counterfactual_audio": "a.counterfactual.flac"},
+        {"audio": "b.wav", "captions": ["b"], "counterfactual_audio": "/abs/b.cf.flac"},
+        {"audio": "c.wav", "captions": ["c"], "counterfactual_audio": ""},
+    ]
+    listing.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    records = read_jsonl(listing)
+    assert records[0].fields["counterfactual_audio"] == str(listing.parent / "a.counterfactual.flac")
+    assert records[1].fields["counterfactual_audio"] == "/abs/b.cf.flac"
+    assert "counterfactual_audio" not in records[2].fields  # empty: no counterfactual
+
+    table = tmp_path / "sub" / "list.csv"
+    table.write_text("path,caption,counterfactual_audio\na.wav,a then b,cf/a.flac\nb.wav,b,\n")
+    rows = read_csv(table)
+    assert rows[0].fields["counterfactual_audio"] == str(table.parent / "cf" / "a.flac")
+    assert "counterfactual_audio" not in rows[1].fields
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "x.wav").write_bytes(b"")
+    (clips / "x.json").write_text(json.dumps({"captions": ["x"], "counterfactual_audio": "x_reversed.flac"}))
+    assert read_dir(clips)[0].fields["counterfactual_audio"] == str(clips / "x_reversed.flac")

@@ -7,8 +7,11 @@ import soundfile as sf
 import torch
 import webdataset as wds
 
+from clapkit.audio import fit_length
+from clapkit.data.inputs import read_jsonl
 from clapkit.data.reader import ReaderConfig, ShardReader, collate, resolve_shards
 from clapkit.data.schema import load_manifest
+from clapkit.data.writer import WriterConfig, write_shards
 from tests.data.conftest import RATE, noise
 
 CLIP = 0.5  # seconds: longer than some test clips (padded), shorter than others (cropped)
@@ -163,6 +166,13 @@ def test_collate_shapes():
     assert batch["audio"].shape == (2, 4) and batch["lengths"].tolist() == [1, 4]
     assert batch["audio_mask"].tolist() == [[True, False, False, False], [True] * 4]
     assert batch["negatives"] == [["n"], ["n"] * 4]
+    assert "counterfactual" not in batch
+    with_cf = [dict(s, counterfactual=torch.full((4,), float(s["length"])), counterfactual_length=0) for s in samples]
+    with_cf[0]["counterfactual_length"] = 1
+    batch = collate(with_cf)
+    assert batch["counterfactual"][:, 0].tolist() == [1.0, 4.0]
+    assert batch["has_counterfactual"].tolist() == [True, False]
+    assert batch["counterfactual_lengths"].tolist() == [1, 0]
 
 
 def test_resolve_shards(tmp_path, shard_dir):
@@ -227,3 +237,138 @@ def test_config_validation_and_package_exports():
     assert clapkit.data.ShardReader is ShardReader
     with pytest.raises(AttributeError):
         clapkit.data.nothing  # noqa: B018
+
+
+def _counterfactual_shards(tmp_path, listing):
+    out = tmp_path / "cf_shards"
+    write_shards(read_jsonl(listing), out, WriterConfig(sample_rate=RATE, max_count=4), progress=False)
+    return out
+
+
+@pytest.mark.parametrize("pad", ["repeatpad", "zero"])
+def test_counterfactual_audio_is_read_like_the_audio(tmp_path, counterfactual_listing, pad):
+    listing, waves = counterfactual_listing
+    out = _counterfactual_shards(tmp_path, listing)
+    clip = int(RATE * CLIP)
+    config = _config(train=False, pad=pad, counterfactuals=True, batch_size=4)
+    reader = ShardReader(out, config)
+    batches = list(reader)
+    assert _keys(batches) == [f"{i:09d}" for i in range(6)]
+    for batch in batches:
+        size = len(batch["keys"])
+        assert batch["counterfactual"].shape == (size, clip) and batch["counterfactual"].dtype == torch.float32
+        assert batch["has_counterfactual"].dtype == torch.bool and batch["has_counterfactual"].shape == (size,)
+        for row, key in enumerate(batch["keys"]):
+            audio, counterfactual = waves[int(key)]
+            expected = fit_length(torch.from_numpy(audio), clip, pad=pad, crop="center")
+            torch.testing.assert_close(batch["audio"][row], expected, atol=2 / 32768, rtol=0)
+            if counterfactual is None:
+                assert not batch["has_counterfactual"][row] and batch["counterfactual_lengths"][row] == 0
+                assert not batch["counterfactual"][row].any()
+                continue
+            assert batch["has_counterfactual"][row]
+            assert batch["counterfactual_lengths"][row] == min(len(counterfactual), clip)
+            expected = fit_length(torch.from_numpy(counterfactual), clip, pad=pad, crop="center")  # the same rules
+            torch.testing.assert_close(batch["counterfactual"][row], expected, atol=2 / 32768, rtol=0)
+    assert reader.stats.as_dict()["counterfactuals"] == 4 and reader.stats.skipped == 0
+
+    # DataLoader workers build the batches in shared memory: the same values.
+    via_workers = list(ShardReader(out, config).loader(num_workers=2))
+    by_key = {k: (b, i) for b in via_workers for i, k in enumerate(b["keys"])}
+    for batch in batches:
+        for row, key in enumerate(batch["keys"]):
+            other, i = by_key[key]
+            for name in ("audio", "counterfactual", "counterfactual_lengths", "has_counterfactual", "audio_mask"):
+                assert torch.equal(batch[name][row], other[name][i]), name
+
+    # Off (the default), the member is not read and the batch has no counterfactual fields.
+    plain = next(iter(ShardReader(out, _config(train=False, pad=pad, batch_size=4))))
+    assert "counterfactual" not in plain and torch.equal(plain["audio"], batches[0]["audio"])
+
+
+def test_counterfactual_training_crops_its_own_window(tmp_path):
+    long = noise(11, 2.0)  # both 2 s; the clip is 0.5 s
+    members = {"__key__": "a", "flac": _flac_of(noise(10, 2.0)), "json": b'{"captions": ["x"]}'}
+    _write_tar(tmp_path / "a.tar", [{**members, "counterfactual.flac": _flac_of(long)}])
+    clip = int(RATE * CLIP)
+    batch = next(iter(ShardReader([tmp_path / "a.tar"], _config(counterfactuals=True))))
+    window = batch["counterfactual"][0].numpy()
+    (starts,) = np.nonzero(np.abs(np.lib.stride_tricks.sliding_window_view(long, 16) - window[:16]).max(1) < 2e-4)
+    assert len(starts) == 1  # a contiguous window of the counterfactual recording
+    np.testing.assert_allclose(window, long[starts[0] : starts[0] + clip], atol=2 / 32768)
+    assert batch["counterfactual_lengths"].tolist() == [clip]
+
+
+def test_corrupt_counterfactual_skips_the_sample(tmp_path):
+    good = json.dumps({"captions": ["ok"]}).encode()
+    _write_tar(
+        tmp_path / "a.tar",
+        [
+            {"__key__": "good", "flac": _flac(1), "json": good, "counterfactual.flac": _flac(2)},
+            {"__key__": "bad", "flac": _flac(3), "json": good, "counterfactual.flac": b"fLaC" + b"\x00" * 100},
+            {"__key__": "none", "flac": _flac(4), "json": good},
+        ],
+    )
+    reader = ShardReader([tmp_path / "a.tar"], _config(train=False, counterfactuals=True))
+    batch = next(iter(reader))
+    assert batch["keys"] == ["good", "none"] and batch["has_counterfactual"].tolist() == [True, False]
+    stats = reader.stats.as_dict()
+    assert stats["skipped_audio"] == 1 and stats["samples"] == 2 and stats["counterfactuals"] == 1
+    # Without counterfactuals the bad member is never read: nothing is skipped.
+    plain = ShardReader([tmp_path / "a.tar"], _config(train=False))
+    assert _keys(plain) == ["good", "bad", "none"] and plain.stats.skipped == 0
+
+
+def test_loader_state_resumes_epoch_and_position(shard_dir):
+    out, _ = shard_dir(n=12, per_shard=3)
+    config = _config(batch_size=2, drop_last=True)
+    loader = ShardReader(out, config).loader(num_workers=0)
+    epochs = [[b["keys"] for b in loader] for _ in range(3)]  # 6 batches per epoch
+    assert epochs[0] != epochs[1] != epochs[2]
+
+    first = ShardReader(out, config).loader(num_workers=0)
+    assert first.state_dict() == {"epoch": 0, "batches": 0}
+    assert [b["keys"] for b in first] == epochs[0]
+    batches = iter(first)
+    seen = [next(batches)["keys"] for _ in range(2)]  # interrupted after 2 batches of epoch 1
+    state = first.state_dict()
+    assert state == {"epoch": 1, "batches": 2} and seen == epochs[1][:2]
+    resumed = ShardReader(out, config).loader(num_workers=0)
+    resumed.load_state_dict(state)
+    assert [b["keys"] for b in resumed] == epochs[1][2:]  # goes on after the batches it had
+    assert [b["keys"] for b in resumed] == epochs[2]  # and the next pass is a whole epoch
+
+    # A trainer that fetched a batch ahead counts only the ones it used; a finished pass resumes at the next epoch.
+    ahead = ShardReader(out, config).loader(num_workers=0)
+    ahead.consumed = lambda: 1
+    batches = iter(ahead)
+    next(batches), next(batches)
+    assert ahead.state_dict() == {"epoch": 0, "batches": 1}
+    list(batches)
+    assert ahead.state_dict() == {"epoch": 1, "batches": 0}
+
+    # With two workers the batches alternate between them; each leaves out its own share (the resumed pass
+    # starts its turns at worker 0 again, so the same batches may come in another order).
+    two = ShardReader(out, config).loader(num_workers=2)
+    whole = [b["keys"] for b in two]
+    two.load_state_dict({"epoch": 0, "batches": 3})
+    assert sorted([b["keys"] for b in two]) == sorted(whole[3:])
+
+
+def test_resampled_resume_draws_afresh_and_keeps_the_epoch_length(shard_dir):
+    out, _ = shard_dir(n=6, per_shard=2)
+    config = _config(resampled=True, epoch_samples=12, batch_size=2)
+    loader = ShardReader(out, config).loader(num_workers=0)
+    whole = [b["keys"] for b in loader]
+    assert len(whole) == 6
+    loader.load_state_dict({"epoch": 0, "batches": 4})
+    rest = [b["keys"] for b in loader]
+    assert len(rest) == 2  # the epoch keeps its length
+    loader.load_state_dict({"epoch": 0, "batches": 0})
+    assert [b["keys"] for b in loader] == whole  # from the start: the same draw
+
+
+def _flac_of(wave):
+    buf = io.BytesIO()
+    sf.write(buf, wave, RATE, format="FLAC")
+    return buf.getvalue()

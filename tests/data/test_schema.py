@@ -31,6 +31,8 @@ def test_laion_text_field_is_a_caption():
         ({"duration": "long"}, "duration must be a number"),
         ({"duration": -1.0}, "must not be negative"),
         ({"source": 5}, "source must be a string"),
+        ({"counterfactual_audio": ["a.wav"]}, "counterfactual_audio must name the counterfactual audio file"),
+        ({"counterfactual_audio": " "}, "counterfactual_audio must name"),
         (["a list"], "must be a JSON object"),
     ],
 )

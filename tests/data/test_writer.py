@@ -7,7 +7,7 @@ import soundfile as sf
 import webdataset as wds
 
 from clapkit.data import writer
-from clapkit.data.inputs import InputRecord
+from clapkit.data.inputs import InputRecord, read_jsonl
 from clapkit.data.schema import load_manifest
 from clapkit.data.writer import WriterConfig, parse_size, write_shards
 from tests.data.conftest import RATE, make_records
@@ -166,3 +166,33 @@ def test_shard_size_limit(tmp_path):
 def test_writer_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         WriterConfig(**kwargs)
+
+
+def test_counterfactual_audio_is_a_member(tmp_path, counterfactual_listing):
+    listing, waves = counterfactual_listing
+    records = read_jsonl(listing)
+    records.append(
+        InputRecord(records[0].audio, {"captions": ["x"], "counterfactual_audio": str(tmp_path / "no.flac")})
+    )
+    manifest = write_shards(records, tmp_path / "out", WriterConfig(sample_rate=RATE), progress=False)
+    assert manifest.total == 6 and manifest.skipped == 1
+    reason = json.loads((tmp_path / "out" / "report.json").read_text())["skipped"][0]["reason"]
+    assert "counterfactual audio" in reason and "no such audio file" in reason
+    samples = _tar_samples(tmp_path / "out" / "shard-000000.tar")
+    for i, sample in enumerate(samples):
+        audio, counterfactual = waves[i]
+        meta = json.loads(sample["json"])
+        np.testing.assert_allclose(sf.read(io.BytesIO(sample["flac"]), dtype="float32")[0], audio, atol=2 / 32768)
+        if counterfactual is None:
+            assert "counterfactual.flac" not in sample and "counterfactual_audio" not in meta
+        else:
+            decoded, rate = sf.read(io.BytesIO(sample["counterfactual.flac"]), dtype="float32")
+            assert rate == RATE
+            np.testing.assert_allclose(decoded, counterfactual, atol=2 / 32768)
+            assert meta["counterfactual_audio"] == str(listing.parent / f"s{i}.counterfactual.flac")
+
+    # Turned off, only the file name is kept.
+    config = WriterConfig(sample_rate=RATE, counterfactual_audio=False)
+    write_shards(records[:2], tmp_path / "names", config, progress=False)
+    second = _tar_samples(tmp_path / "names" / "shard-000000.tar")[1]
+    assert "counterfactual.flac" not in second and json.loads(second["json"])["counterfactual_audio"]

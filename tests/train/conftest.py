@@ -21,9 +21,11 @@ CONFIGS = ROOT / "configs" / "clap"
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
-    """12 tone clips in 3 shards (captions, a positive, two negatives each) and held-out sets built on them."""
+    """12 tone clips in 3 shards (captions, a positive, two negatives each; counterfactual audio for 8 of them) and
+    held-out sets built on them."""
     root = tmp_path_factory.mktemp("tiny_data")
     clips = root / "clips"
+    (root / "counterfactuals").mkdir()
     records = []
     for i in range(12):
         cls = "high_tone" if i % 2 else "low_tone"
@@ -35,6 +37,10 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
             "positives": [f"tone {i}"],
             "negatives": [f"silence {i}", f"noise {i}"][: 1 + i % 2],  # 1 or 2: padded per batch
         }
+        if i % 3:  # audio negatives for the losses that take them; some samples have none
+            counterfactual = root / "counterfactuals" / f"c{i}.wav"
+            sf.write(counterfactual, tone(2000 - 100 * i, 0.5, TINY_RATE), TINY_RATE)
+            fields["counterfactual_audio"] = str(counterfactual)
         records.append(InputRecord(str(path), fields))
     write_shards(records, root / "shards", WriterConfig(sample_rate=TINY_RATE, max_count=4), progress=False)
     rows = ["path,caption"] + [f"{r.audio},{c}" for r in records[:6] for c in r.fields["captions"]]

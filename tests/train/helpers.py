@@ -44,3 +44,15 @@ class RecordWorld(pl.Callback):
             "params_sum": total,
         }
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class RecordBatches(pl.Callback):
+    """Append each training batch's step, epoch and sample keys to ``path`` (one JSON line per batch)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "keys": list(batch["keys"])}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")

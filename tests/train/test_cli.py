@@ -41,6 +41,9 @@ def test_fast_dev_run_every_config(config, tiny_data, tmp_path, tiny_model_dir, 
     assert cli.trainer.global_step == 1
     assert {"train/loss", "val/loss"} <= set(metrics) and metrics["train/loss"].isfinite()
     assert type(cli.model.loss_fn) is LOSSES.get(yaml.safe_load(config.read_text())["model"]["loss"])
+    # Losses that take audio negatives get the shards' counterfactual audio; the others leave it unread.
+    read = cli.datamodule.train_reader.stats.as_dict()["counterfactuals"]
+    assert (read > 0) == ("audio_negatives" in cli.model.loss_fn.inputs)
     assert not (tmp_path / "model").exists()  # a dry run exports nothing
 
 

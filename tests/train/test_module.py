@@ -104,3 +104,49 @@ def test_init_from_with_overrides(tiny_model_dir):
     ids = source.tokenize(["a dog"])
     with torch.no_grad():
         torch.testing.assert_close(module.model.eval().encode_text(ids), source.encode_text(ids))
+
+
+def with_counterfactuals(batch: dict, seconds: float = 1.0, rate: int = 16000) -> dict:
+    """Add the counterfactual fields of a reader batch: samples 0 and 2 have one, sample 1 has none."""
+    g = torch.Generator().manual_seed(1)
+    counterfactual = torch.rand(3, int(seconds * rate), generator=g) - 0.5
+    counterfactual[1] = 0
+    has = torch.tensor([True, False, True])
+    lengths = torch.tensor([counterfactual.shape[1], 0, counterfactual.shape[1] // 3])
+    return dict(batch, counterfactual=counterfactual, counterfactual_lengths=lengths, has_counterfactual=has)
+
+
+def test_counterfactual_audio_become_audio_negatives():
+    module = ClapModule(model=build_tiny_model(), loss="compa_hardneg").eval()
+    batch = with_counterfactuals(reader_batch())
+    with torch.no_grad():
+        out = module.embed_batch(batch)
+        assert out["audio_negative_embeds"].shape == (3, 1, 32)
+        assert out["audio_negative_mask"].tolist() == [[True], [False], [True]]
+        direct = module.model.encode_audio(batch["counterfactual"][[0, 2]])  # the same tower and head
+        torch.testing.assert_close(out["audio_negative_embeds"][[0, 2], 0], direct)
+        assert out["audio_negative_embeds"][1].abs().sum() == 0
+        torch.testing.assert_close(out["audio_embeds"], module.model.encode_audio(batch["audio"]))
+        # Losses without audio negatives leave the counterfactual audio alone.
+        assert "audio_negative_embeds" not in ClapModule(model=module.model, loss="afclap").embed_batch(batch)
+    out = module.embed_batch(batch)  # with grad: the negatives train the audio tower like the audio does
+    assert out["audio_negative_embeds"].requires_grad
+    terms = module.loss_fn(**out, logit_scale=module.model.scale())
+    plain = module.loss_fn(**module.embed_batch(reader_batch()), logit_scale=module.model.scale())
+    assert terms["text_to_audio"] > plain["text_to_audio"]  # more terms in the text→audio denominator
+    terms["loss"].backward()
+    assert module.model.audio_projection[0].weight.grad.abs().sum() > 0
+
+
+def test_counterfactual_audio_through_the_frozen_tower_cache():
+    model = frozen_model()
+    plain = ClapModule(model=model, loss="compa_hardneg").eval()
+    cached = ClapModule(model=model, loss="compa_hardneg", cache_frozen_towers=True, cache_dtype="float32").eval()
+    batch = with_counterfactuals(reader_batch())
+    with torch.no_grad():
+        want = plain.embed_batch(batch)
+        for _ in range(2):
+            got = cached.embed_batch(cached.on_before_batch_transfer(dict(batch), 0))
+            for key in want:
+                torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-5)
+    assert cached.audio_cache.misses == 3 + 2 and cached.audio_cache.hits == 3 + 2  # audio + counterfactuals
