@@ -130,6 +130,26 @@ class _Mode:
         return _Mode(inference, onednn, dtype)
 
 
+def _wrapper_types() -> tuple[type, ...]:
+    types: list[type] = []
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        types.append(FullyShardedDataParallel)
+    except ImportError:  # torch built without distributed support
+        pass
+    try:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
+
+        types.append(ActivationWrapper)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+_WRAPPERS = _wrapper_types()
+
+
 def _onednn_available() -> bool:
     global _ONEDNN
     if _ONEDNN is None:
@@ -228,7 +248,12 @@ class FastClapAudioEncoder(ClapAudioEncoder):
         return plan
 
     def _has_hooks(self) -> bool:
-        return any(module._forward_hooks or module._forward_pre_hooks for module in self.layers.modules())
+        """Hooks or wrappers (FSDP units, activation checkpointing) on the layers: they need each layer's own
+        forward to run (an FSDP unit's weights are flat shards until its forward gathers them)."""
+        return any(
+            module._forward_hooks or module._forward_pre_hooks or isinstance(module, _WRAPPERS)
+            for module in self.layers.modules()
+        )
 
     def _build_plan(self, device: torch.device) -> _Plan | None:
         if self.enable_fusion or not self.patch_embed.flatten:

@@ -203,3 +203,40 @@ def test_plan_built_under_inference_mode_serves_training():
         model.encode_audio(wave)
     model.encode_audio(wave).sum().backward()
     assert model.audio_tower.model.audio_encoder.patch_embed.proj.weight.grad is not None
+
+
+def test_wrapped_layers_fall_back_to_their_own_forward():
+    """FSDP units / activation-checkpoint wrappers around blocks: their weights are only whole inside their own
+    forward, so the fast path (which reads the weights directly) must step aside and still match."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    reference, fast = pair(audio_model())
+    x = mel(2)
+    blocks = fast.audio_encoder.layers[0].blocks
+    blocks[0] = checkpoint_wrapper(blocks[0])
+    assert fast.audio_encoder._has_hooks()
+    with torch.inference_mode():
+        assert torch.allclose(
+            fast(input_features=x).pooler_output, reference(input_features=x).pooler_output, atol=1e-5
+        )
+
+
+def test_fsdp_unit_inside_the_encoder(tmp_path):
+    """One-process gloo group, one block as an FSDP unit (its parameters flat shards outside its forward)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process; this test needs its own")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        reference, fast = pair(audio_model())
+        x = mel(2)
+        blocks = fast.audio_encoder.layers[1].blocks
+        blocks[0] = FullyShardedDataParallel(blocks[0], device_id=torch.device("cpu"), use_orig_params=True)
+        assert fast.audio_encoder._plan(x.device) is None  # the fast plan steps aside for the unit
+        with torch.no_grad():
+            out = fast(input_features=x).pooler_output
+        assert torch.allclose(out, reference(input_features=x).pooler_output, atol=1e-5)
+    finally:
+        dist.destroy_process_group()
