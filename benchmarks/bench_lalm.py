@@ -2,19 +2,25 @@
 
 One model — clapkit-small (frozen, pretrained) → mlp2x_gelu → SmolLM2-135M-Instruct (the packaged GGUF,
 dequantized to float32; ``--llm random`` uses a randomly initialised Llama of the same shape instead) with
-peft LoRA (r 8, all linear layers) — built once by ``train.lalm.LalmModule`` and trained in turn by:
+peft LoRA (r 8, all linear layers), eager attention (``--attn``) — built once by ``train.lalm.LalmModule`` and
+trained in turn by:
 
-* clapkit: ``lightning.Trainer.fit`` of that ``LalmModule`` (float32, gradient clipping 1.0, no logger or
-  checkpoints), AdamW + warmup/cosine from ``train.optim``.
-* transformers: ``transformers.Trainer`` on the same ``AudioLanguageModel`` (its ``forward`` returns the
-  loss), AdamW, linear schedule, gradient clipping 1.0, no logging or saving.
+* clapkit: ``lightning.Trainer.fit`` of that ``LalmModule`` (its ``training_step``: the loss only, the LM head at
+  answer positions; fused AdamW + warmup/cosine from ``train.optim``; gradient clipping 1.0; no logger or
+  checkpoints).
+* transformers: ``transformers.Trainer`` on the same ``AudioLanguageModel`` — its ``forward`` returns the LLM's
+  output with full logits, as any transformers model does (``Trainer``); and, to isolate the loops, the same
+  ``Trainer`` asking the model for the loss only (``return_logits=False``, the clapkit step's forward)
+  (``Trainer, loss-only forward``). Both with Trainer's default fused AdamW, a linear schedule, gradient
+  clipping 1.0, no logging or saving.
 
-Both get the same pre-collated batch of B conversations (a ``--seconds`` clip + a question and an answer
-each) every step. A step's time is the gap between the starts of two consecutive steps; the first step of
-each round is warmup. Rounds alternate between the two so machine noise hits both alike; medians are
-reported. Tokens are the batch's text tokens (attention mask), the same on both sides.
+All get the same pre-collated batch of B conversations (a ``--seconds`` clip + a question and an answer each)
+every step. A step's time is the gap between the starts of two consecutive steps (wall and CPU); the first step
+of each round is warmup. Rounds alternate between the sides so machine noise hits all alike; medians are
+reported. Tokens are the batch's text tokens (attention mask), the same for all.
 
-Run: ``HF_HUB_OFFLINE=1 python -m benchmarks.bench_lalm [--llm smollm2|random] [--batch 4] [--steps 5] [--rounds 2]``.
+Run: ``HF_HUB_OFFLINE=1 python -m benchmarks.bench_lalm [--llm smollm2|random] [--batch 4] [--steps 5] [--rounds 3]
+[--threads 1]``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ SMOLLM2_SHAPE = {
     "rope_theta": 100000.0,
     "tie_word_embeddings": True,
 }
+OURS, HF, HF_LOSS = "clapkit (Lightning)", "transformers Trainer + peft", "Trainer, loss-only forward"
 
 
 class _Repeat(Dataset):
@@ -67,22 +74,28 @@ class _Repeat(Dataset):
         return self.batch
 
 
+def _now() -> tuple[float, float]:
+    """(wall clock, CPU time of this process over all its threads)."""
+    return time.perf_counter(), time.process_time()
+
+
 class _StepClock(pl.Callback):
     def __init__(self) -> None:
-        self.starts: list[float] = []
+        self.starts: list[tuple[float, float]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.starts.append(time.perf_counter())
+        self.starts.append(_now())
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.starts.append(time.perf_counter())
+        self.starts.append(_now())
 
 
-def _gaps(starts: list[float]) -> list[float]:
-    return [b - a for a, b in itertools.pairwise(starts[1:])]  # the first step is warmup
+def _gaps(starts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds between consecutive step starts, without the first (warmup) step."""
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(starts[1:])]
 
 
-def run_lightning(module: LalmModule, batch: dict, steps: int) -> list[float]:
+def run_lightning(module: LalmModule, batch: dict, steps: int) -> list[tuple[float, float]]:
     clock = _StepClock()
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, precision="32-true", max_steps=steps, gradient_clip_val=1.0, logger=False,
@@ -94,20 +107,23 @@ def run_lightning(module: LalmModule, batch: dict, steps: int) -> list[float]:
     return _gaps(clock.starts)
 
 
-def run_hf(module: LalmModule, batch: dict, steps: int, lr: float) -> list[float]:
+def run_hf(module: LalmModule, batch: dict, steps: int, lr: float, loss_only: bool) -> list[tuple[float, float]]:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:
-            self.starts: list[float] = []
+            self.starts: list[tuple[float, float]] = []
 
         def on_step_begin(self, args, state, control, **kwargs):
-            self.starts.append(time.perf_counter())
+            self.starts.append(_now())
 
         def on_train_end(self, args, state, control, **kwargs):
-            self.starts.append(time.perf_counter())
+            self.starts.append(_now())
 
     clock = Clock()
+    inputs = {k: batch[k] for k in BATCH_KEYS if k in batch}
+    if loss_only:
+        inputs["return_logits"] = False
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out, per_device_train_batch_size=1, max_steps=steps, learning_rate=lr, weight_decay=0.0,
@@ -117,7 +133,7 @@ def run_hf(module: LalmModule, batch: dict, steps: int, lr: float) -> list[float
         trainer = Trainer(
             model=module.model,
             args=args,
-            train_dataset=_Repeat({k: batch[k] for k in BATCH_KEYS}, steps),
+            train_dataset=_Repeat(inputs, steps),
             data_collator=lambda items: items[0],
             callbacks=[clock],
         )
@@ -131,8 +147,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="conversations per step")
     parser.add_argument("--seconds", type=float, default=5.0, help="clip length (s)")
     parser.add_argument("--steps", type=int, default=5, help="steps per round (the first is warmup)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per side, alternating")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per side, alternating")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--attn", default="eager", help="the LLM's attention kernel (eager | sdpa)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     for name in ("lightning", "lightning.pytorch", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -144,7 +163,7 @@ def main() -> None:
     module = LalmModule(
         stage=2, encoder="clapkit-small", llm=llm, projector="mlp2x_gelu", projector_params={"downsample": 2},
         lora={"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}, optimizer=OptimConfig(lr=lr, weight_decay=0.0),
-        settings={"max_length": 512},
+        settings={"max_length": 512, "attn_implementation": args.attn},
     )  # fmt: skip
     built = time.perf_counter() - start
     model = module.model
@@ -163,20 +182,32 @@ def main() -> None:
     tokens = int(batch["attention_mask"].sum())
     counts = module.counts
 
-    times: dict[str, list[float]] = {"clapkit (Lightning)": [], "transformers Trainer + peft": []}
+    sides = {
+        OURS: lambda: run_lightning(module, batch, args.steps),
+        HF: lambda: run_hf(module, batch, args.steps, lr, loss_only=False),
+        HF_LOSS: lambda: run_hf(module, batch, args.steps, lr, loss_only=True),
+    }
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
     for _ in range(args.rounds):
-        times["clapkit (Lightning)"] += run_lightning(module, batch, args.steps)
-        times["transformers Trainer + peft"] += run_hf(module, batch, args.steps, lr)
+        for name, run in sides.items():
+            times[name] += run()
 
-    print(f"machine: {machine()}, torch threads {torch.get_num_threads()}")
+    print(f"machine: {machine()}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
     name = "SmolLM2-135M-Instruct (GGUF → fp32)" if args.llm == "smollm2" else "random Llama of SmolLM2-135M's shape"
-    print(f"model: clapkit-small (frozen) → mlp2x_gelu → {name} + LoRA r 8; trainable {counts}; built in {built:.0f} s")
+    print(
+        f"model: clapkit-small (frozen) → mlp2x_gelu → {name} + LoRA r 8, {args.attn} attention; "
+        f"trainable {counts}; built in {built:.0f} s"
+    )
     print(f"batch: {args.batch} conversations × {args.seconds:g} s clip, {tokens} text tokens per step")
-    medians = {k: statistics.median(v) for k, v in times.items()}
-    for name, t in medians.items():
-        print(f"{name:30s} {t * 1000:8.0f} ms/step  {tokens / t:8.1f} tokens/s  (n={len(times[name])})")
-    ours, theirs = medians["clapkit (Lightning)"], medians["transformers Trainer + peft"]
-    print(f"speed ratio (clapkit / Trainer tokens/s): {theirs / ours:.2f}×")
+    walls = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpus = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+    print("| trainer | steps timed | wall ms/step | tokens/s | CPU ms/step | clapkit speed-up (wall) | (CPU) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for side in sides:
+        print(
+            f"| {side} | {len(times[side])} | {walls[side] * 1000:.0f} | {tokens / walls[side]:.1f} | "
+            f"{cpus[side] * 1000:.0f} | {walls[side] / walls[OURS]:.2f}× | {cpus[side] / cpus[OURS]:.2f}× |"
+        )
 
 
 if __name__ == "__main__":

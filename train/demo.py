@@ -65,7 +65,13 @@ from clapkit.data.writer import WriterConfig, parse_size, write_shards
 from clapkit.datasets import DATASETS
 from clapkit.evaluate.compositional import load_compa_csv
 from clapkit.evaluate.retrieval import load_retrieval_set
-from clapkit.evaluate.suite import EvalSets, evaluate_stored, format_comparison, save_comparison_chart
+from clapkit.evaluate.suite import (
+    COMPARISON_METRICS,
+    EvalSets,
+    evaluate_stored,
+    format_comparison,
+    save_comparison_chart,
+)
 from clapkit.evaluate.zeroshot import LabelledAudio
 from clapkit.feature_store import (
     FeatureStore,
@@ -79,6 +85,7 @@ from clapkit.index import AudioIndex
 from clapkit.io import atomic_write_json, atomic_write_text
 from clapkit.model import ClapModel
 from train.clap import ClapModule
+from train.demo_lalm import LALM_METRICS, LalmSection, run_lalm
 from train.optim import OptimConfig, ParamGroup
 
 __all__ = ["Demo", "DemoConfig", "StoredFeatureClapModule", "StoredFeatureData", "TrainSample", "main"]
@@ -182,6 +189,7 @@ class DemoConfig:
     train: TrainSection = field(default_factory=TrainSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     search: SearchSection = field(default_factory=SearchSection)
+    lalm: LalmSection = field(default_factory=LalmSection)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> DemoConfig:
@@ -589,8 +597,14 @@ class Demo:
         fp = _fingerprint(self._fp["scenes"], cfg, self.sample_rate)
 
         def make() -> dict[str, Any]:
+            # Each counterfactual is a training sample of its own here (its audio is that sample's audio), so the
+            # shards need not carry it a second time as a `counterfactual.flac` member.
             config = WriterConfig(
-                shard_size=parse_size(cfg.shard_size), sample_rate=self.sample_rate, bits=cfg.bits, workers=cfg.workers
+                shard_size=parse_size(cfg.shard_size),
+                sample_rate=self.sample_rate,
+                bits=cfg.bits,
+                workers=cfg.workers,
+                counterfactual_audio=False,
             )
             manifest = write_shards(read_jsonl(listing), folder, config, source=str(listing), progress=self.progress)
             return {"samples": manifest.total, "shards": len(manifest.shards), "skipped": manifest.skipped}
@@ -797,16 +811,22 @@ class Demo:
         return results
 
     # -------------------------------------------------------------- 7. evaluation
-    def evaluate(self, models: dict[str, ClapModel]) -> dict[str, dict]:
-        """The suite for each model, printed side by side; ``results.json`` + ``results.png`` + ``table.txt``."""
+    def evaluate(self, models: dict[str, ClapModel], extra: dict[str, dict] | None = None) -> dict[str, dict]:
+        """The suite for each model, printed side by side; ``results.json`` + ``results.png`` + ``table.txt``.
+
+        ``extra``: more results per model (the LALM step's ``{"lalm": metrics}``), added as rows of the table.
+        """
         audio, text = self.stores()
         sets = self.eval_sets()
         results = {
             name: evaluate_stored(model, audio, text, sets, templates=self.config.evaluate.zeroshot_templates)
             for name, model in models.items()
         }
+        for name, more in (extra or {}).items():
+            results[name].update(more)
+        metrics = COMPARISON_METRICS + LALM_METRICS
         folder = self.out / "results"
-        table = format_comparison(results)
+        table = format_comparison(results, metrics)
         z = sets.zeroshot
         header = (
             f"held-out: zero-shot on {len(z.paths)} clips / {len(z.classes)} classes; retrieval on "
@@ -819,7 +839,7 @@ class Demo:
             for n, res in results.items()
         }
         atomic_write_json(folder / "results.json", {"sets": header, "results": slim})
-        save_comparison_chart(results, folder / "results.png", title=f"clapkit demo — {header}")
+        save_comparison_chart(results, folder / "results.png", metrics=metrics, title=f"clapkit demo — {header}")
         self.log(header)
         self.log(table)
         for name, res in results.items():
@@ -880,13 +900,14 @@ class Demo:
         self.shards()
         self.features()
         trained = self.train()
+        lalm = run_lalm(self, trained) if self.config.lalm.enabled else None
         step_start, step_cpu = time.perf_counter(), _cpu_seconds()
         models = {name: clapkit.load(info["model"]).eval() for name, info in trained.items()}
         diff = self.check_stored_features(next(iter(models.values())))
         self.log(f"stored-feature path vs embed_audio / embed_text on the saved model: max |difference| = {diff:.2e}")
         if diff > 1e-3:
             raise RuntimeError(f"stored features disagree with the model's own embeddings (max diff {diff:.2e})")
-        results = self.evaluate(models)
+        results = self.evaluate(models, extra=lalm)
         self.timings["evaluate"] = _since(step_start, step_cpu)
         step_start, step_cpu = time.perf_counter(), _cpu_seconds()
         search_arm = self.config.search.model if self.config.search.model in models else next(iter(models))

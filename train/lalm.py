@@ -26,6 +26,7 @@ import webdataset as wds
 from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -50,7 +51,14 @@ from train.optim import OptimConfig, build_optimizer, build_scheduler, freeze_ze
 __all__ = ["LalmDataModule", "LalmModule", "TokensPerSecond", "build_lalm", "build_llm", "main"]
 
 #: ``LalmConfig`` fields a run may set through ``model.settings``.
-_SETTINGS = ("system_prompt", "max_length", "max_audio_seconds", "encoder_batch", "max_new_tokens")
+_SETTINGS = (
+    "system_prompt",
+    "max_length",
+    "max_audio_seconds",
+    "encoder_batch",
+    "max_new_tokens",
+    "attn_implementation",
+)
 
 
 def build_llm(spec: str | dict[str, Any], *, gguf_file: str | None = None, dtype: str | None = None):
@@ -153,7 +161,7 @@ class LalmModule(pl.LightningModule):
         projector: Name in ``clapkit.lalm.PROJECTORS`` (``linear``, ``mlp2x_gelu``, ``qformer``, ``xattn``).
         projector_params: Keyword arguments of the projector (``downsample``, ``num_queries``, ``every`` …).
         settings: ``LalmConfig`` fields: ``system_prompt``, ``max_length``, ``max_audio_seconds``,
-            ``encoder_batch``, ``max_new_tokens``.
+            ``encoder_batch``, ``max_new_tokens``, ``attn_implementation`` (``eager`` trains faster on CPU).
         lora: Stage 2: peft ``LoraConfig`` arguments (``{"r": 8, "lora_alpha": 16}``; all linear layers by default).
         full_llm: Stage 2: train every LLM weight instead of LoRA adapters.
         unfreeze_encoder: Stage 2: also train the encoder's audio tower and head.
@@ -219,14 +227,14 @@ class LalmModule(pl.LightningModule):
             raise ValueError("lalm: strategy fsdp is not supported (LoRA + a 135M-1B LLM fits per GPU); use ddp")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.model.step(batch).loss
+        loss = self.model.step(batch, return_logits=False).loss  # the LM head only where answers are
         size = len(batch["keys"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=size)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss = self.model.step(batch).loss
+        loss = self.model.step(batch, return_logits=False).loss
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["keys"]))
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -236,6 +244,9 @@ class LalmModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self, self.optim)
+        if not isinstance(self.trainer.precision_plugin, MixedPrecision):
+            # Lightning's AMP plugin refuses to clip the gradients of an optimizer that unscales them itself.
+            optimizer = _fused(optimizer)
         cfg = replace(self.optim, warmup_steps=0, total_steps=None) if self.trainer.fast_dev_run else self.optim
         scheduler = build_scheduler(optimizer, cfg, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -266,6 +277,13 @@ class LalmModule(pl.LightningModule):
         """Write the adapter with ``save_pretrained`` (default: ``export_dir``, else ``<root>/stage<N>``)."""
         target = target or self.export_dir or Path(self.trainer.default_root_dir) / f"stage{self.stage}"
         return self.model.save_pretrained(target)
+
+
+def _fused(optimizer: torch.optim.AdamW) -> torch.optim.AdamW:
+    """The same AdamW groups with the fused kernel: LoRA gives ~400 small tensors, whose per-tensor update loop
+    costs 3x the fused step on CPU (13 ms vs 4 ms per step for SmolLM2 at rank 8)."""
+    groups = [{**group, "fused": True, "foreach": None} for group in optimizer.param_groups]
+    return torch.optim.AdamW(groups, fused=True)
 
 
 class _ReplayStream(IterableDataset):

@@ -33,7 +33,14 @@ from clapkit.lalm.data import (
     replay_mix,
 )
 from clapkit.lalm.io import load, load_llm, save_pretrained
-from clapkit.lalm.model import BATCH_KEYS, DEFAULT_LLM, AudioLanguageModel, LalmConfig, configure_stage
+from clapkit.lalm.model import (
+    BATCH_KEYS,
+    DEFAULT_LLM,
+    AudioLanguageModel,
+    LalmConfig,
+    audio_sequence_from_tower,
+    configure_stage,
+)
 from clapkit.lalm.projectors import PROJECTORS, Projector, build_projector
 from clapkit.lalm.selflabel import SelfLabeler
 
@@ -55,6 +62,7 @@ __all__ = [
     "LalmConfig",
     "Projector",
     "SelfLabeler",
+    "audio_sequence_from_tower",
     "build_projector",
     "chat_generate",
     "configure_stage",

