@@ -390,7 +390,10 @@ class Demo:
         self.config = config
         self.progress = progress
         self.log = log
-        self.out = Path(config.out_dir)
+        # Absolute: listings the demo writes name files by path, and a listing's relative paths are read as
+        # relative to its own folder.
+        self.out = Path(config.out_dir).resolve()
+        self._given_dataset = Path(config.data.dataset_dir).resolve() if config.data.dataset_dir else None
         self.timings: dict[str, dict[str, float]] = {}
         self._model: ClapModel | None = None
         self._stores: tuple[FeatureStore, FeatureStore] | None = None
@@ -436,7 +439,7 @@ class Demo:
     def dataset(self) -> Path:
         cfg = self.config.data
         if cfg.dataset_dir:
-            folder = Path(cfg.dataset_dir)
+            folder = self.dataset_dir
             for split in ("train", "test"):
                 if not (folder / f"{split}.jsonl").is_file():
                     raise ValueError(f"data.dataset_dir: {folder} has no {split}.jsonl; build a dataset into it first")
@@ -465,7 +468,7 @@ class Demo:
     @property
     def dataset_dir(self) -> Path:
         cfg = self.config.data
-        return Path(cfg.dataset_dir) if cfg.dataset_dir else self.out / "data" / cfg.dataset
+        return self._given_dataset or self.out / "data" / cfg.dataset
 
     def event_clips(self, split: str) -> list[EventClip]:
         """Every clip of a split once per configured phrasing of its class."""
@@ -610,6 +613,12 @@ class Demo:
             return {"samples": manifest.total, "shards": len(manifest.shards), "skipped": manifest.skipped}
 
         s = self._step("shards", fp, folder, make)
+        if s["skipped"] or not s["samples"]:
+            # Every input is the demo's own: a skipped one is a defect, not bad data to step over.
+            raise RuntimeError(
+                f"shards: {s['skipped']} of {s['samples'] + s['skipped']} training samples skipped; "
+                f"see {folder / 'report.json'}"
+            )
         self.log(f"        {s['samples']} samples in {s['shards']} shard(s), {s['skipped']} skipped")
         return s
 

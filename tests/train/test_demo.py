@@ -96,8 +96,13 @@ def _config(tmp: Path) -> dict:
 def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     lines: list[str] = []
-    demo = Demo(DemoConfig.from_dict(_config(tmp)), progress=False, log=lines.append)
-    return demo, demo.run(), lines
+    config = _config(tmp)
+    # Relative folders, as `make demo` gives them (out_dir: runs/demo): listings must not resolve them twice.
+    config["out_dir"], config["data"]["dataset_dir"] = "run", "data"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        demo = Demo(DemoConfig.from_dict(config), progress=False, log=lines.append)
+        return demo, demo.run(), lines
 
 
 def test_demo_writes_every_output(demo_run):
@@ -147,8 +152,9 @@ def test_training_data_keeps_held_out_pairs_and_phrasings_out(demo_run):
     assert all((bench / r[3]).is_file() and (bench / r[4]).is_file() for r in rows[1:])
 
 
-def test_second_run_reuses_every_step(demo_run, capsys):
+def test_second_run_reuses_every_step(demo_run, capsys, monkeypatch):
     demo, first, _ = demo_run
+    monkeypatch.chdir(demo.out.parent)  # the config's folders are relative to where the first run started
     lines: list[str] = []
     again = Demo(demo.config, progress=False, log=lines.append).run()
     reused = [line for line in lines if line.startswith("[") and "reused" in line]
