@@ -201,12 +201,14 @@ def main() -> None:
     print(f"batch: {args.batch} conversations × {args.seconds:g} s clip, {tokens} text tokens per step")
     walls = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     cpus = {k: statistics.median(c for _, c in v) for k, v in times.items()}
-    print("| trainer | steps timed | wall ms/step | tokens/s | CPU ms/step | clapkit speed-up (wall) | (CPU) |")
+    print("| trainer | steps | wall ms/step (quartiles) | tokens/s | CPU ms/step | clapkit speed-up (wall) | (CPU) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for side in sides:
+        low, _, high = statistics.quantiles([w * 1000 for w, _ in times[side]], n=4)
         print(
-            f"| {side} | {len(times[side])} | {walls[side] * 1000:.0f} | {tokens / walls[side]:.1f} | "
-            f"{cpus[side] * 1000:.0f} | {walls[side] / walls[OURS]:.2f}× | {cpus[side] / cpus[OURS]:.2f}× |"
+            f"| {side} | {len(times[side])} | {walls[side] * 1000:.0f} ({low:.0f}–{high:.0f}) | "
+            f"{tokens / walls[side]:.1f} | {cpus[side] * 1000:.0f} | {walls[side] / walls[OURS]:.2f}× | "
+            f"{cpus[side] / cpus[OURS]:.2f}× |"
         )
 
 

@@ -30,11 +30,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -507,7 +506,12 @@ class LalmRunner:
     def evaluate(self, adapter: str | Path | AudioLanguageModel, folder: Path) -> dict[str, Any]:
         """Held-out label and order questions; ``predictions.jsonl`` in ``folder``; metrics with chance levels."""
         cfg = self.config
-        model = load_lalm(adapter) if not isinstance(adapter, AudioLanguageModel) else adapter
+        if isinstance(adapter, AudioLanguageModel):
+            model = adapter
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated")  # in peft
+                model = load_lalm(adapter)
         samples = eval_samples(self.data, cfg.order_rows)
         autocast = cfg.precision.startswith("bf16")
         with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext():
@@ -625,22 +629,6 @@ def demo_data(demo: Demo, encoder: ClapModel) -> LalmData:
     return LalmData(demo.config.phrases, classes, clips, scenes, test, order, stored_sequences(encoder, store, keys))
 
 
-@contextmanager
-def _quiet_loading(quiet: bool) -> Iterator[None]:
-    """Hide the progress bars of transformers' GGUF loader (plain tqdm) when the demo runs ``--quiet``."""
-    before = os.environ.get("TQDM_DISABLE")
-    if quiet:
-        os.environ["TQDM_DISABLE"] = "1"
-    try:
-        yield
-    finally:
-        if quiet:
-            if before is None:
-                os.environ.pop("TQDM_DISABLE", None)
-            else:
-                os.environ["TQDM_DISABLE"] = before
-
-
 def _scene_order(line: dict[str, Any], labels: list[str]) -> tuple[str, str] | None:
     """The two events of a training scene in playing order, or ``None`` when they overlap or are not two.
 
@@ -714,10 +702,9 @@ def run_lalm(demo: Demo, trained: dict[str, Any]) -> dict[str, dict[str, Any]]:
     def evaluate() -> dict[str, Any]:
         return runner().evaluate(s2["adapter"], folder / "eval")
 
-    with _quiet_loading(not demo.progress):
-        s1 = demo._step("lalm stage1", fp1, folder / "stage1", stage1)
-        s2 = demo._step("lalm stage2", fp2, folder / "stage2", stage2)
-        metrics = demo._step("lalm eval", fp3, folder / "eval", evaluate)
+    s1 = demo._step("lalm stage1", fp1, folder / "stage1", stage1)
+    s2 = demo._step("lalm stage2", fp2, folder / "stage2", stage2)
+    metrics = demo._step("lalm eval", fp3, folder / "eval", evaluate)
     spent = [demo.timings[n] for n in ("lalm stage1", "lalm stage2", "lalm eval")]
     wall, cpu = sum(t["wall_s"] for t in spent), sum(t["cpu_s"] for t in spent)
     label, chance, order = (100 * metrics[k] for k in ("label_accuracy", "label_chance", "order_accuracy"))

@@ -10,7 +10,8 @@
   by ``|``. Other columns are kept as extra string fields.
 * **JSONL**: one object per line with ``audio`` (a path) and the sample fields (``captions`` or
   ``caption``, ``positives``, ``negatives``, ``labels`` …). Unknown fields, such as a ``conversation``
-  list, are passed through to the shard unchanged.
+  list, are passed through to the shard unchanged. ``audio`` may also be a list of paths (a conversation
+  about several clips): the first is the sample's audio, the others go to ``extra_audio``.
 
 A ``counterfactual_audio`` field (a JSONL or sidecar field, or a CSV column; an empty cell means none) names
 the sample's counterfactual audio, which the writer stores beside the audio (see :mod:`clapkit.data.schema`).
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from clapkit.data.files import AUDIO_EXTENSIONS
-from clapkit.data.schema import COUNTERFACTUAL_FIELD
+from clapkit.data.schema import COUNTERFACTUAL_FIELD, EXTRA_AUDIO_FIELD
 
 __all__ = ["InputRecord", "read_csv", "read_dir", "read_inputs", "read_jsonl"]
 
@@ -188,9 +189,15 @@ def read_jsonl(path: str | Path) -> list[InputRecord]:
             except ValueError as err:
                 records.append(InputRecord("", {}, origin, f"{origin}: invalid JSON ({err})"))
                 continue
-            if not isinstance(raw, dict) or not isinstance(raw.get("audio"), str) or not raw["audio"].strip():
-                records.append(InputRecord("", {}, origin, f"{origin}: expected an object with an 'audio' path"))
+            audio = raw.get("audio") if isinstance(raw, dict) else None
+            clips = audio if isinstance(audio, list) else [audio]
+            if not clips or not all(isinstance(c, str) and c.strip() for c in clips):
+                message = f"{origin}: expected an object with an 'audio' path (or a list of paths)"
+                records.append(InputRecord("", {}, origin, message))
                 continue
-            audio = raw.pop("audio").strip()
+            raw.pop("audio")
+            audio = clips[0].strip()
+            if len(clips) > 1:
+                raw[EXTRA_AUDIO_FIELD] = [_resolve(c.strip(), path.parent) for c in clips[1:]]
             records.append(InputRecord(_resolve(audio, path.parent), _resolve_counterfactual(raw, path.parent), origin))
     return records

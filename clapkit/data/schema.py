@@ -6,6 +6,7 @@ A shard is a tar file of samples; each sample is two or three members with the s
     000000042.json                  {"captions": [...], "positives": [...], "negatives": [...],
                                      "labels": [...], "duration": 9.87, "source": "clips/dog.wav", ...}
     000000042.counterfactual.flac   optional: counterfactual audio, stored like the main audio
+    000000042.1.flac, ….2.flac      optional: further clips of a multi-clip conversation (``extra_audio``)
 
 ``captions`` describe the audio; ``positives`` are paraphrases that mean the same (AF-CLAP);
 ``negatives`` are hard negatives that describe a different scene (CompA); ``labels`` are class names;
@@ -18,6 +19,9 @@ in sequence instead of overlapping, the attributes swapped; see ``clapkit.compos
 hard negative for the sample's captions. An input record names its file in ``counterfactual_audio``; the
 writer stores that audio as the ``counterfactual.flac`` member and keeps the file name in the JSON's
 ``counterfactual_audio`` field (in :attr:`SampleMeta.extra`), as ``source`` keeps the main audio's.
+
+A conversation about several clips (LALM training, ``clapkit.lalm``) names its further clips, in the order of its
+``<Audio>`` markers after the first, in ``extra_audio``; the writer stores them as ``1.flac``, ``2.flac`` ….
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 __all__ = [
     "COUNTERFACTUAL_FIELD",
     "COUNTERFACTUAL_PREFIX",
+    "EXTRA_AUDIO_FIELD",
     "MANIFEST_NAME",
     "REPORT_NAME",
     "TEXT_FIELDS",
@@ -49,6 +54,8 @@ REPORT_NAME = "report.json"
 COUNTERFACTUAL_FIELD = "counterfactual_audio"
 #: Extension prefix of the counterfactual audio member (``<key>.counterfactual.flac``).
 COUNTERFACTUAL_PREFIX = "counterfactual."
+#: Input / metadata field that lists the further audio files of a multi-clip sample (members ``1.flac``, ``2.flac`` …).
+EXTRA_AUDIO_FIELD = "extra_audio"
 
 #: Fields that hold lists of texts.
 TEXT_FIELDS = ("captions", "positives", "negatives", "labels")
@@ -137,6 +144,9 @@ class SampleMeta:
             raise ValueError(
                 f"{name}: {COUNTERFACTUAL_FIELD} must name the counterfactual audio file, got {counterfactual!r}"
             )
+        more = raw.get(EXTRA_AUDIO_FIELD)
+        if more is not None and (not isinstance(more, list) or not all(isinstance(p, str) and p.strip() for p in more)):
+            raise ValueError(f"{name}: {EXTRA_AUDIO_FIELD} must be a list of audio files, got {more!r}")
         return cls(**texts, duration=duration, source=source, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:

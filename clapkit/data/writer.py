@@ -36,6 +36,7 @@ from clapkit.data.inputs import InputRecord
 from clapkit.data.schema import (
     COUNTERFACTUAL_FIELD,
     COUNTERFACTUAL_PREFIX,
+    EXTRA_AUDIO_FIELD,
     MANIFEST_NAME,
     REPORT_NAME,
     Manifest,
@@ -147,8 +148,9 @@ def encode_record(record: InputRecord, config: WriterConfig) -> dict[str, bytes]
     """Decode, validate and encode one record.
 
     Returns:
-        The sample's members by extension: ``flac`` and ``json``, and ``counterfactual.flac`` when the record
-        names counterfactual audio (and ``config.counterfactual_audio`` is on).
+        The sample's members by extension: ``flac`` and ``json``, ``counterfactual.flac`` when the record
+        names counterfactual audio (and ``config.counterfactual_audio`` is on), and ``1.flac``, ``2.flac`` … for
+        the files of its ``extra_audio`` (the further clips of a multi-clip conversation).
 
     Raises:
         ValueError: unreadable audio (or counterfactual audio) or invalid metadata; the message names the input.
@@ -173,6 +175,12 @@ def encode_record(record: InputRecord, config: WriterConfig) -> dict[str, bytes]
         except ValueError as err:
             raise ValueError(f"{record.origin or record.audio}: counterfactual audio: {err}") from err
         members[COUNTERFACTUAL_PREFIX + "flac"] = _flac(other, rate, config)
+    for number, extra in enumerate(meta.extra.get(EXTRA_AUDIO_FIELD) or [], start=1):
+        try:
+            more = load_audio(extra, rate).numpy()  # [T''] mono float32
+        except ValueError as err:
+            raise ValueError(f"{record.origin or record.audio}: extra audio {number}: {err}") from err
+        members[f"{number}.flac"] = _flac(more, rate, config)
     meta.duration = round(len(wave) / rate, 6)
     meta.source = meta.source or record.audio
     members["json"] = meta.to_json_bytes()

@@ -198,7 +198,8 @@ def save_comparison_chart(
             values = [100 * (r[2][m] or 0.0) for r in rows]
             offset = (m - (len(names) - 1) / 2) * height
             bars = ax.barh(y - offset, values, height=height, label=name)
-            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+            texts = ["" if r[2][m] is None else f"{v:.1f}" for r, v in zip(rows, values)]  # no bar: no number
+            ax.bar_label(bars, labels=texts, fontsize=7, padding=2)
         for yi, (_, chance, _) in zip(y, rows):
             if chance is not None:
                 ax.plot([100 * chance] * 2, [yi - 0.45, yi + 0.45], color="black", linewidth=1.5)

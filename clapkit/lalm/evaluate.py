@@ -115,9 +115,11 @@ def extract_label(prediction: str, aliases: Mapping[str, Sequence[str]]) -> str 
     """The label a free-text answer names, over a closed label set with several phrasings per label.
 
     Each label is named by itself (underscores read as spaces) or by any of its ``aliases`` ("dog": ["a dog
-    barks", "a puppy"]). A phrasing shared by several labels names none of them. Of the phrasings the answer
-    contains (whole words, after ``normalize_text``), the longest wins if it contains the others ("someone
-    plays the piano" over "piano"); otherwise, or when none is named, the answer is unparsed (``None``).
+    barks", "a puppy"]). A phrasing shared by several labels names none of them. The answer names the labels of
+    the phrasings it contains (whole words, after ``normalize_text``): one label is the answer ("a puppy is
+    barking"); of several, the one with the longest phrasing wins if that phrasing contains the others'
+    ("someone splashes through water" over "water"); otherwise, or when none is named, the answer is unparsed
+    (``None``).
 
     Args:
         prediction: The answer.
@@ -127,9 +129,14 @@ def extract_label(prediction: str, aliases: Mapping[str, Sequence[str]]) -> str 
     for label, names in aliases.items():
         for name in (label.replace("_", " "), *names):
             owners[normalize_text(name)].add(label)
-    strings = [s for s, labels in owners.items() if s and len(labels) == 1]
-    picked = _named(normalize_text(prediction), strings)
-    return None if picked is None else next(iter(owners[strings[picked]]))
+    owner = {s: next(iter(labels)) for s, labels in owners.items() if s and len(labels) == 1}
+    pred = normalize_text(prediction)
+    named = [s for s in owner if _contains(pred, s)]
+    if not named:
+        return None
+    longest = max(named, key=len)
+    rivals = [s for s in named if owner[s] != owner[longest]]
+    return owner[longest] if all(_contains(longest, s) for s in rivals) else None
 
 
 def label_accuracy(

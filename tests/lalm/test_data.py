@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 import webdataset as wds
 
-from clapkit.data.inputs import InputRecord
+from clapkit.data.inputs import InputRecord, read_jsonl
 from clapkit.data.reader import ReaderStats
 from clapkit.data.writer import WriterConfig, write_shards
 from clapkit.lalm import IGNORE_INDEX, ConversationReader, ConversationSample, read_conversation_jsonl, replay_mix
@@ -121,3 +121,29 @@ def test_replay_mix_ratio_is_seeded_and_follows_the_primary_stream():
         next(replay_mix(primary, [replay], 1.0))
     with pytest.raises(ValueError, match="replay stream 0 is empty"):
         list(replay_mix(primary, [[]], 0.5))
+
+
+def test_multi_clip_jsonl_through_the_shard_writer(tmp_path):
+    for name, seconds in (("a", 0.5), ("b", 1.25), ("c", 0.75)):
+        sf.write(tmp_path / f"{name}.wav", tone(300, seconds).numpy(), RATE)
+    two = [{"role": "user", "content": "<Audio> then <Audio>: which is longer?"},
+           {"role": "assistant", "content": "The second."}]  # fmt: skip
+    lines = [
+        {"audio": ["a.wav", "b.wav"], "conversation": two},
+        {"audio": "c.wav", "conversation": _conversation("A tone.")},
+        {"audio": ["a.wav", "missing.wav"], "conversation": two},  # unreadable second clip: skipped, reported
+        {"audio": [], "conversation": two},
+    ]
+    listing = tmp_path / "conversations.jsonl"
+    listing.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    records = read_jsonl(listing)
+    assert records[0].fields["extra_audio"] == [str(tmp_path / "b.wav")] and records[3].error
+    config = WriterConfig(sample_rate=RATE, require_captions=False)
+    manifest = write_shards(records, tmp_path / "shards", config, progress=False)
+    assert manifest.total == 2 and manifest.skipped == 2
+
+    samples = list(ConversationReader(tmp_path / "shards", RATE, train=False))
+    assert [len(s.audio) for s in samples] == [2, 1]
+    assert [len(w) for w in samples[0].audio] == [8000, 20000]  # clip order follows the listing
+    batch = make_lalm("linear").collator()(samples)
+    assert batch["audio"].shape[0] == 3

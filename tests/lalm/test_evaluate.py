@@ -14,7 +14,9 @@ from clapkit.lalm.evaluate import (
     edit_distance,
     exact_match,
     extract_choice,
+    extract_label,
     is_abstention,
+    label_accuracy,
     mc_prompt,
     multiple_choice_accuracy,
     predict,
@@ -126,3 +128,18 @@ def test_predict_on_mmau_file(tmp_path):
     assert len(records) == 2
     assert records[0]["kind"] == "mc" and records[0]["group"] == "sound" and records[0]["answer"] == "tone"
     assert score(records)["mc"]["n"] == 2
+
+
+def test_extract_label_over_a_closed_label_set():
+    aliases = {"dog": ["a puppy", "barking"], "cat": ["meowing", "a kitten"], "drum_kit": ["a drummer"], "bell": []}
+    assert extract_label("A puppy is barking.", aliases) == "dog"
+    assert extract_label("It sounds like a drum kit", aliases) == "drum_kit"  # underscores read as spaces
+    assert extract_label("Bells", aliases) is None  # whole words only
+    assert extract_label("a puppy and a kitten", aliases) is None  # two labels: unparsed
+    shared = {"water": ["water flows"], "splash": ["water", "water splashes"]}
+    assert extract_label("water", shared) is None  # named by both labels
+    assert extract_label("Water splashes.", shared) == "splash"
+    result = label_accuracy(["A puppy.", "a bell rings", "hmm"], ["dog", "cat", "bell"], aliases)
+    assert result == {"accuracy": 1 / 3, "unparsed": 1 / 3, "n": 3}
+    with pytest.raises(ValueError, match="not in the label set"):
+        label_accuracy(["x"], ["cow"], aliases)

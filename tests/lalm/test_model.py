@@ -76,6 +76,67 @@ def test_long_audio_is_windowed_and_encoder_batch_does_not_change_it():
     assert torch.equal(mask1, mask)
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_loss_only_forward_gives_the_same_loss_and_gradients(stage):
+    model = make_lalm("mlp2x_gelu", downsample=2)
+    if stage == 2:
+        configure_stage(model, 2, lora={"r": 2})
+    batch = model.collator()(_samples())
+
+    def run(**kwargs):
+        model.zero_grad()
+        out = model.step(batch, **kwargs)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, grads = run()
+    fast, fast_grads = run(return_logits=False)
+    assert fast.logits is None and full.logits.shape[0] == 3  # full logits only when asked for
+    torch.testing.assert_close(fast.loss, full.loss)
+    assert grads.keys() == fast_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, msg=name)
+    count = torch.tensor(7)  # transformers' Trainer passes the number of target tokens: loss = sum / count
+    summed = model.step(batch, num_items_in_batch=count).loss
+    torch.testing.assert_close(model.step(batch, return_logits=False, num_items_in_batch=count).loss, summed)
+
+
+def test_precomputed_features_give_the_same_tokens_and_loss():
+    model = make_lalm("mlp2x_gelu", downsample=2)
+    samples = _samples()
+    with torch.no_grad():
+        feats = []
+        for s in samples:
+            for wave in s.audio:
+                f, m = model.encoder.audio_sequence(wave[None], torch.tensor([len(wave)]))
+                feats.append(f[0][m[0]])
+    stored = []
+    for s in samples:
+        own, feats = feats[: len(s.audio)], feats[len(s.audio) :]
+        stored.append(ConversationSample(s.key, s.messages, features=own))
+    live, cached = model.collator()(samples), model.collator()(stored)
+    assert "audio" not in cached and cached["audio_features"].shape[0] == 3 and cached["audio_features_mask"].any()
+    torch.testing.assert_close(model.step(cached).loss, model.step(live).loss)
+    gen = model.collator(generation=True)
+    prompts = [ConversationSample(s.key, s.prompt()[0], features=s.features) for s in stored[:2]]
+    live_prompts = [ConversationSample(s.key, s.prompt()[0], s.audio) for s in samples[:2]]
+    assert model.generate_batch(gen(prompts), max_new_tokens=3) == model.generate_batch(
+        gen(live_prompts), max_new_tokens=3
+    )
+    with pytest.raises(ValueError, match="audio or as features"):
+        ConversationSample("x", QA, [tone(440, 0.5)], features=[torch.zeros(3, 4)])
+    with pytest.raises(ValueError, match="mixes"):
+        model.collator()([samples[0], stored[1]])
+
+
+def test_attn_implementation_setting_reaches_the_llm():
+    model = make_lalm("linear")
+    tokenizer, llm = model.tokenizer, model.llm
+    config = clapkit.lalm.LalmConfig(projector="linear", attn_implementation="eager")
+    rebuilt = clapkit.lalm.AudioLanguageModel(model.encoder, model.projector, llm, tokenizer, config)
+    assert rebuilt.llm.config._attn_implementation == "eager"
+
+
 def test_marker_and_clip_counts_must_agree():
     model = make_lalm("linear")
     with pytest.raises(ValueError, match="1 <Audio> markers but 2 clips"):

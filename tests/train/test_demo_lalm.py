@@ -106,6 +106,7 @@ def test_held_out_order_questions_are_balanced():
     ("answer", "label"),
     [
         ("A puppy yaps.", "dog"),
+        ("A dog is barking.", "dog"),  # several phrasings of one class
         ("It is a dog, barking loudly.", "dog"),
         ("Someone plays the piano.", "piano"),
         ("someone splashing through water", "splash"),  # "water" names two classes: the longer phrase decides
