@@ -974,8 +974,16 @@ def fresh_start(out_dir: Path) -> None:
     shutil.rmtree(out_dir)
 
 
-def quiet_libraries() -> None:
-    """Keep Lightning's start-up notices and known-harmless warnings out of the demo's output."""
+def quiet_libraries(progress: bool = True) -> None:
+    """Keep Lightning's start-up notices and known-harmless warnings out of the demo's output.
+
+    Args:
+        progress: ``False`` also switches transformers' loading bars off (the LLM's GGUF conversion included).
+    """
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -1001,7 +1009,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         config.threads = opts.threads
     if opts.fresh:
         fresh_start(Path(config.out_dir))
-    quiet_libraries()
+    quiet_libraries(progress=not opts.quiet)
     started = time.strftime("%Y-%m-%d %H:%M")
     print(f"clapkit demo — {started} — config {opts.config} → {config.out_dir}", flush=True)
     return Demo(config, progress=not opts.quiet, log=lambda line: print(line, flush=True)).run()

@@ -19,6 +19,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +55,37 @@ def default_llm_folder() -> Path:
     return folder
 
 
+@contextmanager
+def _gguf_progress(progress: bool | None) -> Iterator[None]:
+    """Make transformers' GGUF conversion bar follow ``progress``.
+
+    The GGUF loader uses a plain ``tqdm``, which ignores transformers' progress-bar switch (and reads
+    ``TQDM_DISABLE`` only when tqdm is imported), so the bar is switched off here while the LLM loads.
+    """
+    from transformers.utils import logging as hf_logging
+
+    if progress is None:
+        progress = hf_logging.is_progress_bar_enabled()
+    if progress:
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def load_llm(
     name_or_path: str | Path = DEFAULT_LLM,
     *,
     gguf_file: str | None = None,
     dtype: str | None = None,
     tokenizer_path: str | Path | None = None,
+    progress: bool | None = None,
 ) -> tuple[nn.Module, Any]:
     """Load a causal LM and its tokenizer.
 
@@ -68,6 +96,8 @@ def load_llm(
         dtype: ``"bfloat16"``, ``"float16"`` or ``"float32"``; ``None`` keeps the stored dtype.
         tokenizer_path: Load the tokenizer from here instead (a saved tokenizer loads much faster than
             one rebuilt from GGUF).
+        progress: Show transformers' loading bars (the GGUF conversion's included); ``None`` follows
+            ``transformers.utils.logging.disable_progress_bar()`` / ``enable_progress_bar()``.
 
     Returns:
         (llm in eval mode, tokenizer).
@@ -95,7 +125,8 @@ def load_llm(
             if tokenizer_path
             else AutoTokenizer.from_pretrained(source, **extra)
         )
-        llm = AutoModelForCausalLM.from_pretrained(source, **extra_model)
+        with _gguf_progress(progress):
+            llm = AutoModelForCausalLM.from_pretrained(source, **extra_model)
     except (OSError, ValueError) as err:
         raise ValueError(
             f"{name_or_path}: cannot load an LLM ({err}); give 'smollm2', a transformers folder "
