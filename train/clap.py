@@ -107,19 +107,24 @@ def _autocast_only(strategy: FSDPStrategy) -> None:
 
 
 def _check_fsdp_validation(trainer: pl.Trainer) -> None:
-    """Refuse validation shards under FSDP with several ranks unless the batches per rank are capped.
+    """Refuse validation shards under FSDP with several ranks when their batches cannot be evened out.
 
     Every FSDP forward pass gathers parameters from all ranks, so all ranks must run the same number of
-    validation batches; shards split between ranks give them different numbers, and the rank with more would
-    wait forever for the others.
+    validation batches. Shards split between ranks give them different numbers; :class:`ClapDataModule` fills
+    the shorter shares with padding batches, which needs the manifest's sample counts.
     """
-    val_shards = getattr(getattr(trainer.datamodule, "hparams", None), "val_shards", None)
-    if trainer.world_size > 1 and val_shards and not isinstance(trainer.limit_val_batches, int):
-        raise ValueError(
-            "data.val_shards with strategy fsdp: every rank must run the same number of validation batches; set "
-            "trainer.limit_val_batches to a count that every rank reaches (the batches in its share of the "
-            "validation shards), or drop data.val_shards and run `clapkit eval` on the exported model"
-        )
+    datamodule = trainer.datamodule
+    if trainer.world_size == 1 or not getattr(getattr(datamodule, "hparams", None), "val_shards", None):
+        return
+    counts = getattr(datamodule, "val_batches_per_rank", lambda: None)()
+    if isinstance(trainer.limit_val_batches, int) or counts is not None:
+        return
+    raise ValueError(
+        "data.val_shards with strategy fsdp: every rank must run the same number of validation batches, and "
+        "without a manifest (shards written by `clapkit shards write`) their counts are unknown; give the shard "
+        "folder or its manifest.json, set trainer.limit_val_batches to a count every rank reaches, or drop "
+        "data.val_shards and run `clapkit eval` on the exported model"
+    )
 
 
 def _optimizer_layout(strategy: pl.strategies.Strategy) -> str:
@@ -186,13 +191,15 @@ class ClapModule(pl.LightningModule):
             self._root = None
         self.model = model
         self.loss_fn = LOSSES.get(loss)(**(loss_args or {}))
-        # Validation batches are not matched across ranks (shards split unevenly), so no gather there.
+        # Validation batches are not matched across ranks (shards split unevenly; the last batch is short), so the
+        # validation loss is per rank; its sum and sample count are summed over ranks at the end of the pass.
         self.val_loss_fn = LOSSES.get(loss)(**{**(loss_args or {}), "rank": 0, "world_size": 1})
         self.export_dir = export_dir
         self.audio_cache = self.text_cache = None
         if cache_frozen_towers:
             self._make_caches(cache_max_items, cache_dtype)
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._val_loss: list[tuple[torch.Tensor, int]] = []  # (mean loss, samples) per validation batch
         self._ndims: dict[str, int] | None = None  # parameter shapes before FSDP flattens them (setup)
         self._scalars: list[str] = []  # 0-d parameters made [1] for FSDP (setup)
 
@@ -348,8 +355,11 @@ class ClapModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self.embed_batch(batch)
+        if batch.get("padding"):  # a rank whose share ran out keeps step with the others (FSDP gathers per forward)
+            self._val.append((out["audio_embeds"][:0].float(), out["text_embeds"][:0].float()))
+            return
         terms = self.val_loss_fn(**out, logit_scale=self.model.scale())
-        self.log("val/loss", terms["loss"], prog_bar=True, sync_dist=True, batch_size=len(batch["captions"]))
+        self._val_loss.append((terms["loss"].detach().float(), len(batch["captions"])))
         self._val.append((out["audio_embeds"].float(), out["text_embeds"].float()))
 
     def on_validation_epoch_end(self) -> None:
@@ -358,9 +368,20 @@ class ClapModule(pl.LightningModule):
         audio = self._gather(torch.cat([a for a, _ in self._val]))
         text = self._gather(torch.cat([t for _, t in self._val]))
         self._val.clear()
+        # Loss summed over every rank's samples, then divided by their number: the mean over the whole set.
+        total = torch.zeros(2, device=audio.device)  # [loss sum, samples]
+        for loss, n in self._val_loss:
+            total += torch.stack([loss.to(total.device) * n, total.new_tensor(n)])
+        self._val_loss.clear()
+        if self.trainer.world_size > 1:
+            total = self.all_gather(total).sum(0)
+        if not len(audio):
+            return
         metrics = retrieval_metrics(audio, text, torch.arange(len(audio)), device=audio.device)
+        # Equal on every rank (computed from the gathered rows): the mean over ranks is the value.
+        self.log("val/loss", total[0] / total[1], prog_bar=True, sync_dist=True)
         for name in ("text_to_audio_R@1", "text_to_audio_R@10", "audio_to_text_R@1", "audio_to_text_R@10"):
-            self.log(f"val/{name}", metrics[name], sync_dist=True)  # equal on every rank: the mean is the value
+            self.log(f"val/{name}", metrics[name], sync_dist=True)
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of every rank [Σ N_r, D]; ranks may hold different numbers of rows."""
@@ -506,11 +527,24 @@ class ClapDataModule(pl.LightningDataModule):
             loader.consumed = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return loader
 
+    def val_batches_per_rank(self) -> list[int] | None:
+        """Validation batches each rank reads (from the manifest; ``None``: unknown or no validation shards)."""
+        if not self.hparams.val_shards:
+            return None
+        world = self.trainer.world_size if self.trainer is not None else 1
+        reader = ShardReader(self.hparams.val_shards, self.reader_config(train=False))
+        return reader.batches_per_rank(world, self.hparams.num_workers)
+
     def val_dataloader(self):
         if not self.hparams.val_shards:
             return []
         self.val_reader = ShardReader(self.hparams.val_shards, self.reader_config(train=False))
-        return self.val_reader.loader(self.hparams.num_workers, pin_memory=torch.cuda.is_available())
+        loader = self.val_reader.loader(self.hparams.num_workers, pin_memory=torch.cuda.is_available())
+        world = self.trainer.world_size if self.trainer is not None else 1
+        counts = self.val_reader.batches_per_rank(world, self.hparams.num_workers) if world > 1 else None
+        if counts is not None:  # every rank runs as many batches as the largest share: the others pad
+            loader.pad_to, loader.padding = max(counts), self.val_reader.padding_batch
+        return loader
 
 
 def _check_precision(trainer: Any) -> None:

@@ -296,6 +296,34 @@ class ShardReader(IterableDataset):
         kwargs.setdefault("persistent_workers", False)
         return ShardLoader(self, batch_size=None, num_workers=num_workers, **kwargs)
 
+    def batches_per_rank(self, world: int, workers: int) -> list[int] | None:
+        """The batches each of ``world`` ranks reads in one evaluation pass, from the manifest's sample counts.
+
+        Mirrors the split of an unshuffled pass (shards dealt to ranks in turn, then to each rank's ``workers``
+        DataLoader workers in turn; every worker batches its own samples). Skipped samples can only make a
+        rank's count smaller. ``None`` for training passes (shuffled, resampled) and shards without a manifest.
+        """
+        cfg = self.config
+        if cfg.train or cfg.resampled or any(url not in self.expected for url in self.urls):
+            return None
+        batches = (lambda n: n // cfg.batch_size) if cfg.drop_last else (lambda n: -(-n // cfg.batch_size))
+        workers = max(1, workers)
+        counts = []
+        for rank in range(world):
+            mine = self.urls[rank::world]
+            counts.append(sum(batches(sum(self.expected[u] for u in mine[w::workers])) for w in range(workers)))
+        return counts
+
+    def padding_batch(self) -> dict[str, Any]:
+        """One silent clip marked ``padding: True``: what a rank whose share ran out runs so that every rank makes
+        the same forward passes (see :attr:`ShardLoader.pad_to`); its outputs must not enter any metric."""
+        clip = self.config.clip_samples
+        item = {"length": clip, "caption": "", "positives": [], "negatives": [], "labels": [], "key": "", "extra": {}}
+        counterfactual = None
+        if self.config.counterfactuals:
+            item["counterfactual_length"], counterfactual = 0, torch.zeros(1, clip)
+        return {**collate([item], torch.zeros(1, clip), counterfactual), "padding": True}
+
     # ------------------------------------------------------------------------------------------------ stages
 
     def pipeline(self, epoch: int = 0, skip: int = 0) -> wds.DataPipeline:
@@ -565,6 +593,11 @@ class ShardLoader(DataLoader):
     """
 
     consumed: Callable[[], int] | None = None
+    #: Deliver exactly this many batches per pass (evaluation with several ranks: all must run the same number of
+    #: forward passes, since FSDP gathers parameters in each): batches past it are dropped with a warning, and a
+    #: pass that ends short is filled with ``padding()`` batches (``None``: deliver what the pass reads).
+    pad_to: int | None = None
+    padding: Callable[[], dict[str, Any]] | None = None
     _passes: int = 0  # epoch of the next pass
     _skip: int = 0  # batches the next pass leaves out (a resumed pass)
     _current: int | None = None  # epoch of the pass in progress; None once it has run to its end
@@ -600,9 +633,19 @@ class ShardLoader(DataLoader):
         return self._pass(super().__iter__(), epoch)
 
     def _pass(self, batches: Iterator[Any], epoch: int) -> Iterator[Any]:
+        delivered = 0
         for batch in batches:
+            if self.pad_to is not None and delivered >= self.pad_to:
+                log.warning("%d batches per pass expected (the manifest's counts); later batches dropped", delivered)
+                break
             if self._current == epoch:
                 self._delivered += 1
+            delivered += 1
             yield batch
+        if self.pad_to is not None and delivered < self.pad_to:
+            if self.padding is None:
+                raise ValueError("ShardLoader.pad_to needs ShardLoader.padding (a function that makes a padding batch)")
+            for _ in range(self.pad_to - delivered):
+                yield self.padding()
         if self._current == epoch:
             self._current = None

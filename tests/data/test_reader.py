@@ -372,3 +372,42 @@ def _flac_of(wave):
     buf = io.BytesIO()
     sf.write(buf, wave, RATE, format="FLAC")
     return buf.getvalue()
+
+
+@pytest.mark.parametrize(("workers", "drop_last"), [(0, False), (2, False), (2, True)])
+def test_evaluation_batches_per_rank_match_the_pass_and_pad_evenly(shard_dir, monkeypatch, workers, drop_last):
+    # 11 samples in shards of 3, 3, 3, 2 over 3 ranks: rank 0 reads shards 0 and 3, rank 1 shard 1, rank 2 shard 2.
+    out, _ = shard_dir(n=11, per_shard=3)
+    config = _config(train=False, batch_size=2, drop_last=drop_last, counterfactuals=True)
+    world = 3
+    counts = ShardReader(out, config).batches_per_rank(world, workers)
+    seen = {}
+    for rank in range(world):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        reader = ShardReader(out, config)
+        batches = list(reader.loader(num_workers=workers))
+        assert len(batches) == counts[rank]
+        seen[rank] = _keys(batches)
+        loader = reader.loader(num_workers=workers)
+        loader.pad_to, loader.padding = max(counts), reader.padding_batch
+        padded = list(loader)
+        assert len(padded) == max(counts)
+        assert _keys([b for b in padded if not b.get("padding")]) == seen[rank]
+        for batch in padded[counts[rank] :]:
+            assert batch["padding"] and batch["audio"].shape == (1, config.clip_samples)
+            assert not batch["audio"].any() and not batch["has_counterfactual"].any()
+    keys = [k for rank in seen for k in seen[rank]]
+    assert len(keys) == len(set(keys))  # no sample read by two ranks
+    if not drop_last:
+        assert sorted(keys) == [f"{i:09d}" for i in range(11)] and len(set(counts)) > 1
+
+
+def test_batches_per_rank_unknown_without_counts_or_for_training(shard_dir):
+    out, _ = shard_dir(n=4, per_shard=2)
+    assert ShardReader(out, _config(train=True)).batches_per_rank(2, 0) is None  # shuffled: no fixed split
+    assert ShardReader(sorted(map(str, out.glob("*.tar"))), _config(train=False)).batches_per_rank(2, 0) is None
+    loader = ShardReader(out, _config(train=False)).loader(num_workers=0)
+    loader.pad_to = 5
+    with pytest.raises(ValueError, match="needs ShardLoader.padding"):
+        list(loader)

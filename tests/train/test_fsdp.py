@@ -18,6 +18,7 @@ export) runs here as it does on GPUs:
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import types
@@ -109,6 +110,7 @@ class RecordFSDP(pl.Callback):
         self.folder = Path(folder)
         self.losses: list[float] = []
         self.projection_dtypes: set[str] = set()
+        self.val_batches: list[int | str] = []
 
     def setup(self, trainer, pl_module, stage) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -130,6 +132,9 @@ class RecordFSDP(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses.append(float(outputs["loss"]))
 
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.val_batches.append("padding" if batch.get("padding") else len(batch["captions"]))
+
     def on_train_end(self, trainer, pl_module) -> None:
         fsdp = isinstance(trainer.strategy, FSDPStrategy)
         with FullyShardedDataParallel.summon_full_params(trainer.strategy.model) if fsdp else nullcontext():
@@ -144,6 +149,7 @@ class RecordFSDP(pl.Callback):
             "fsdp_casts": None if config is None else [str(config.param_dtype), str(config.buffer_dtype)],
             "scaler": type(getattr(trainer.precision_plugin, "scaler", None)).__name__,
             "projection_dtypes": sorted(self.projection_dtypes),
+            "val_batches": self.val_batches,
         }
         if trainer.is_global_zero:
             save_file({n: t.contiguous() for n, t in gathered.items()}, self.folder / "gathered.safetensors")
@@ -178,6 +184,7 @@ def read_records(folder: Path) -> list[dict]:
 
 def test_fsdp_trains_checkpoints_resumes_and_exports(tiny_data, tmp_path):
     data = ["--data.train_shards", str(tiny_data["shards"]), "--data.resampled", "true", "--data.batch_size", "2"]
+    data += ["--data.val_shards", str(tiny_data["shards"])]  # validation after steps 3 and 6
 
     def fit(state_dict_type: str, record: str, steps: int, *extra: str) -> str:
         overlay = fsdp_overlay(tmp_path / f"{record}.json", state_dict_type, tmp_path / record)
@@ -203,7 +210,18 @@ def test_fsdp_trains_checkpoints_resumes_and_exports(tiny_data, tmp_path):
             # bf16-mixed under FSDP is autocast over float32 parameters and buffers (no FSDP casts), as under DDP.
             assert r["projection_dtypes"] == ["torch.bfloat16"] and r["fsdp_casts"] == ["None", "None"]
             assert r["scaler"] == "NoneType"  # bf16 needs no gradient scaler
+    # Validation: 3 shards of 4 clips, batches of 2 — rank 0 reads 2 shards (4 batches), rank 1 one shard and
+    # pads with 2 silent batches, so both run 4 forward passes (FSDP gathers parameters in each).
+    for run in "bc":
+        assert records[run][0]["val_batches"] == [2, 2, 2, 2]
+        assert records[run][1]["val_batches"] == [2, 2, "padding", "padding"]
     ranks = records["c"]
+    logs = (tmp_path / "runs/tiny/csv").glob("version_*/metrics.csv")
+    rows = [row for path in logs for row in csv.DictReader(path.open())]
+    val = [r for r in rows if r.get("val/loss")]
+    assert len(val) == 2  # one row per validation: runs b and c
+    for row in val:  # over all 12 clips (gathered from both ranks, padding left out)
+        assert 1 / 12 <= float(row["val/text_to_audio_R@10"]) <= 1 and math.isfinite(float(row["val/loss"]))
 
     final = torch.load(tmp_path / "ckpt_full/last.ckpt", weights_only=True)  # no FSDP needed to read it
     assert final["global_step"] == 6 and final["optimizer_layout"] == "fsdp"
@@ -289,3 +307,9 @@ def test_fsdp_validation_needs_equal_batches_per_rank():
     trainer.limit_val_batches = 4
     module.setup("fit")
     assert module.model.logit_scale.shape == (1,)  # and the FSDP preparation ran
+    # Shards with a manifest: the data module knows each rank's batches and pads the shorter shares.
+    trainer.limit_val_batches = 1.0
+    datamodule.val_batches_per_rank = lambda: [2, 1]
+    module = ClapModule(model=build_tiny_model())
+    module.trainer = trainer
+    module.setup("fit")
