@@ -7,6 +7,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer, text_global_pool
 
 from clapkit.towers.base import TEXT_TOWERS, TextTower, TowerOutput
+from clapkit.towers.onednn import onednn_linears
 
 
 @TEXT_TOWERS.register("clip")
@@ -58,6 +59,7 @@ class ClipTextTower(TextTower):
         ids = input_ids[:, :length]
         m = self.model
         x = m.token_embedding(ids) + m.positional_embedding[:length]
-        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:length, :length]))  # [B, L, W]
+        with onednn_linears(x):
+            x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:length, :length]))  # [B, L, W]
         pooled = text_global_pool(x, ids, pool_type="argmax")  # the end-of-text token (highest BPE id)
         return TowerOutput(pooled=pooled, sequence=x, mask=attention_mask[:, :length].bool())

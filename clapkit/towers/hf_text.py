@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from clapkit.towers.base import TEXT_TOWERS, TextTower, TowerOutput, masked_mean
+from clapkit.towers.onednn import onednn_linears
 
 #: Sub-folder of a ``save_pretrained`` directory holding the tokenizer and backbone config.
 SUBDIR = "text_tower"
@@ -111,7 +112,8 @@ class HFTextTower(TextTower):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TowerOutput:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        with onednn_linears(self.model.get_input_embeddings().weight):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         seq = out.last_hidden_state  # [B, L, W]
         mask = attention_mask.bool()
         if self.pooling == "pooler":

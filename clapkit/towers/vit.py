@@ -9,6 +9,7 @@ from torch import nn
 from clapkit.config import AudioConfig, MelConfig
 from clapkit.features import LogMel
 from clapkit.towers.base import AUDIO_TOWERS, AudioTower, TowerOutput, frame_mask
+from clapkit.towers.onednn import onednn_linears
 
 
 @AUDIO_TOWERS.register("vit")
@@ -58,8 +59,9 @@ class ViTTower(AudioTower):
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> TowerOutput:
         mel = self.norm(self.frontend(wave).transpose(1, 2))  # [B, n_mels, frames]
-        tokens = self.vit.forward_features(mel.unsqueeze(1))  # [B, 1 + F'·T', D]
-        pooled = self.vit.forward_head(tokens, pre_logits=True)  # [B, D] (CLS)
+        with onednn_linears(mel):
+            tokens = self.vit.forward_features(mel.unsqueeze(1))  # [B, 1 + F'·T', D]
+            pooled = self.vit.forward_head(tokens, pre_logits=True)  # [B, D] (CLS)
         patches = tokens[:, self.vit.num_prefix_tokens :]
         seq = patches.view(patches.shape[0], *self.grid, -1).mean(dim=1)  # [B, T', D]
         mask = frame_mask(lengths, wave.shape[-1], seq.shape[1], wave.shape[0], wave.device)

@@ -10,7 +10,7 @@ from transformers import ClapAudioConfig, ClapAudioModel
 from transformers.models.clap.modeling_clap import ClapAudioEncoder
 
 from clapkit.factory import get_model_config
-from clapkit.towers import htsat_fast
+from clapkit.towers import onednn
 from clapkit.towers.htsat import HTSATTower
 from clapkit.towers.htsat_fast import FastClapAudioEncoder, disable_fast_htsat, enable_fast_htsat
 from tests.conftest import TINY_OVERRIDES
@@ -56,10 +56,10 @@ def max_diff(reference: ClapAudioModel, fast: ClapAudioModel, x: torch.Tensor) -
 
 
 @pytest.mark.parametrize("micro_batch", [1, 2, 16])
-@pytest.mark.parametrize("onednn", [True, False])
-def test_inference_matches_transformers(micro_batch, onednn, monkeypatch):
-    if not onednn:
-        monkeypatch.setattr(htsat_fast, "_ONEDNN", False)  # the plain F.linear path
+@pytest.mark.parametrize("use_onednn", [True, False])
+def test_inference_matches_transformers(micro_batch, use_onednn, monkeypatch):
+    if not use_onednn:
+        monkeypatch.setattr(onednn, "_AVAILABLE", False)  # the plain F.linear path
     reference, fast = pair(audio_model(), micro_batch=micro_batch)
     assert max_diff(reference, fast, mel(3)) <= 1e-5
 
@@ -79,8 +79,16 @@ def test_inference_matches_transformers_at_htsat_tiny_shape():
     assert max_diff(reference, fast, x) <= 1e-5
 
 
-def test_training_gradients_match_transformers():
-    """Train mode with grad: same loss and gradients for every parameter and the input, drop path included."""
+@pytest.mark.parametrize("use_onednn", [True, False])
+def test_training_gradients_match_transformers(use_onednn, monkeypatch):
+    """Train mode with grad: same loss and gradients for every parameter and the input, drop path included, with
+    the dense layers as oneDNN products (float32 on the CPU) and as ``F.linear``."""
+    calls = []
+    if use_onednn:
+        apply = onednn.OneDnnLinear.apply
+        monkeypatch.setattr(onednn.OneDnnLinear, "apply", lambda *a: calls.append(1) or apply(*a))
+    else:
+        monkeypatch.setattr(onednn, "_AVAILABLE", False)
     model = audio_model(hidden_dropout_prob=0.0, drop_path_rate=0.2).train()
     reference, fast = pair(model)
     x = mel(2)
@@ -101,6 +109,8 @@ def test_training_gradients_match_transformers():
         assert torch.allclose(grads_fast[name], grad, atol=1e-4, rtol=1e-4), name
     table = "audio_encoder.layers.0.blocks.1.attention.self.relative_position_bias_table"
     assert grads_fast[table].abs().sum() > 0  # the bias reaches the loss through the attention mask
+    # 5 blocks × (qkv, attention output, MLP in, MLP out) + 2 patch mergings, or none at all.
+    assert len(calls) == (22 if use_onednn else 0)
 
 
 def test_state_dict_and_class_swap_round_trip():
