@@ -112,7 +112,7 @@ class HFTextTower(TextTower):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TowerOutput:
-        with onednn_linears(self.model.get_input_embeddings().weight):
+        with onednn_linears(next(self.model.parameters())):  # the backbone's dtype and device
             out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         seq = out.last_hidden_state  # [B, L, W]
         mask = attention_mask.bool()

@@ -118,7 +118,8 @@ class _Mode:
 
     ``inference`` (no grad, eval): micro-batches, dropouts skipped, residual adds in place. ``onednn``: dense
     layers as oneDNN inner products in ``dtype`` (the autocast dtype under autocast) with fused bias, GELU and
-    residual add.
+    residual add. ``onednn_grad`` (not inference, float32 on CPU, no autocast): dense layers as
+    ``onednn.OneDnnLinear``, differentiable, nothing fused.
     """
 
     inference: bool
@@ -130,11 +131,10 @@ class _Mode:
     def of(module: nn.Module, hidden: torch.Tensor) -> _Mode:
         device = hidden.device.type
         inference = not torch.is_grad_enabled() and not module.training
-        autocast = torch.is_autocast_enabled(device)
-        dtype = torch.get_autocast_dtype(device) if autocast else hidden.dtype
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         fused = inference and device == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn.available()
         # Training in float32 (under autocast F.linear already runs oneDNN's bf16 GEMMs).
-        grad = not inference and not autocast and onednn.eligible(hidden)
+        grad = not inference and onednn.eligible(hidden)
         return _Mode(inference, fused, dtype, grad)
 
 

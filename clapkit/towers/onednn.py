@@ -90,9 +90,8 @@ class _LinearMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
-            x, weight, *rest = args
-            bias = rest[0] if rest else kwargs.get("bias")
-            return linear(x, weight, bias)
+            named = dict(zip(("input", "weight", "bias"), args), **kwargs)
+            return linear(named["input"], named["weight"], named.get("bias"))
         return func(*args, **kwargs)
 
 

@@ -82,6 +82,16 @@ def test_mode_routes_linear_layers(counted):
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-5)
 
 
+def test_mode_takes_keyword_arguments(counted):
+    x, w, b = torch.randn(3, 8), torch.randn(4, 8), torch.randn(4)
+    with onednn.onednn_linears(x):
+        out = F.linear(input=x, weight=w, bias=b)
+        no_bias = F.linear(x, weight=w)
+    assert len(counted) == 2
+    assert torch.allclose(out, F.linear(x, w, b), atol=1e-5)
+    assert torch.allclose(no_bias, F.linear(x, w), atol=1e-5)
+
+
 def test_mode_stays_out_of_autocast_other_dtypes_and_when_disabled(counted, monkeypatch):
     layer = nn.Linear(8, 4)
     x = torch.randn(3, 8)
