@@ -511,9 +511,11 @@ class LalmRunner:
         else:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated")  # in peft
-                model = load_lalm(adapter)
-        samples = eval_samples(self.data, cfg.order_rows)
+                model = load_lalm(adapter, merge_lora=True)
         autocast = cfg.precision.startswith("bf16")
+        if autocast and not isinstance(adapter, AudioLanguageModel):  # a model of our own: cast it in place
+            model.cast_frozen_linears(torch.bfloat16)  # the same products, without autocast's cast at every step
+        samples = eval_samples(self.data, cfg.order_rows)
         with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext():
             records = predict(
                 model,

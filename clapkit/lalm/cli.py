@@ -42,7 +42,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError("give --model and --data to generate answers, or --predictions to score saved ones")
         from clapkit.lalm.io import load
 
-        model = load(args.model, device=args.device)
+        model = load(args.model, device=args.device, merge_lora=True)  # inference only: LoRA folded in
         records = predict(
             model,
             _samples(args, model.sample_rate),

@@ -380,10 +380,11 @@ class AudioLanguageModel(nn.Module):
     ) -> Any:
         """The LLM's output (``loss`` over assistant tokens when ``labels`` are given, ``logits`` [B, L', V]).
 
-        With ``labels`` and ``return_logits=False`` the output holds the loss only, and the LM head runs only at
-        the positions that predict an assistant token in some row of the batch (transformers' ``logits_to_keep``):
-        the same loss and gradients without the vocabulary-wide logits of the prompt and audio positions, which
-        are most of the sequence in instruction data (the head is ~20 % of a 135M LLM's compute per position).
+        With ``labels`` and ``return_logits=False`` the output holds the loss only, and the LM head runs only on
+        the positions that predict an assistant token: the same loss and gradients without the vocabulary-wide
+        logits of the prompt, audio and padding positions, which are most of the sequence in instruction data
+        (the head is ~20 % of a 135M LLM's compute per position, and its log-softmax over 49k entries is
+        memory-bound on the CPU).
         """
         inputs = self.prepare_inputs(
             input_ids, attention_mask, labels, audio, audio_lengths, audio_features, audio_features_mask
@@ -396,21 +397,48 @@ class AudioLanguageModel(nn.Module):
             )
 
     def _target_loss(self, inputs: PreparedInputs, num_items_in_batch: Any = None, **llm_kwargs: Any) -> Any:
-        """The LLM's causal-LM loss with logits computed only where some row has a target (see ``forward``)."""
+        """The LLM's causal-LM loss with logits computed only where there are targets (see ``forward``).
+
+        ``logits_to_keep`` narrows the sequence to the positions where some row has a target (their union over the
+        batch: rows of different prompt lengths answer at different positions); a pre-hook on the LM head then
+        passes it only the (row, position) pairs that have one, so the vocabulary-wide head, its log-softmax and
+        their backward run on the target tokens alone. Anything the model applies after its head (e.g. logit
+        soft-capping) is elementwise and sees the same values.
+        """
         from transformers.modeling_outputs import CausalLMOutput
 
         targets = inputs.labels[:, 1:]  # position t predicts token t + 1
         keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # [K]
-        out = self.llm(
-            inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, logits_to_keep=keep, **llm_kwargs
-        )
-        logits = out.logits.float()  # [B, K, V]
         kept = targets[:, keep]  # [B, K]
+        rows = (kept != IGNORE_INDEX).flatten().nonzero().squeeze(1)  # [N] of B * K
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        head = base.get_output_embeddings()
+        narrowed = []
+
+        def only_targets(module: nn.Module, args: tuple) -> tuple | None:
+            hidden = args[0]
+            if narrowed or hidden.shape[:-1] != kept.shape:
+                return None  # not the call on the kept positions: leave it alone
+            narrowed.append(True)
+            return (hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows).unsqueeze(0), *args[1:])
+
+        handle = head.register_forward_pre_hook(only_targets) if head is not None else None
+        try:
+            out = self.llm(
+                inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, logits_to_keep=keep, **llm_kwargs
+            )
+        finally:
+            if handle is not None:
+                handle.remove()
+        logits = out.logits.float()
+        if narrowed:  # [1, N, V]: the target rows only
+            logits, labels = logits.flatten(0, 1), kept.flatten().index_select(0, rows)
+        else:  # [B, K, V]
+            logits, labels = logits.flatten(0, 1), kept.flatten()
         if num_items_in_batch is None:  # transformers' loss: the mean over target tokens, or the sum / the count given
-            loss = F.cross_entropy(logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         else:
-            loss = F.cross_entropy(logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-            loss = loss / num_items_in_batch
+            loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum") / num_items_in_batch
         return CausalLMOutput(loss=loss)
 
     def step(self, batch: dict[str, Any], **kwargs: Any) -> Any:
@@ -480,6 +508,25 @@ class AudioLanguageModel(nn.Module):
         messages.append({"role": "user", "content": prompt})
         sample = ConversationSample.from_sources("input", messages, clips, self.sample_rate)
         return self.generate_batch(self.collator(generation=True)([sample]), **generate_kwargs)[0]
+
+    def cast_frozen_linears(self, dtype: torch.dtype) -> int:
+        """Store the LLM's frozen linear weights in ``dtype``, for inference under autocast to ``dtype``.
+
+        Autocast casts every float32 weight at every call, which in token-by-token generation on a CPU costs as
+        much as the products themselves; stored in the autocast dtype, the products get the same numbers without
+        the casts. The output embedding is left alone (it is often tied to the input embedding, whose dtype sets
+        the residual stream's), and so are trainable weights (LoRA adapters in training).
+
+        Returns:
+            The number of linear layers cast.
+        """
+        head = self.llm.get_output_embeddings()
+        count = 0
+        for module in self.llm.modules():
+            if type(module) is nn.Linear and module is not head and not module.weight.requires_grad:
+                module.to(dtype)
+                count += 1
+        return count
 
     def save_pretrained(self, directory: Any) -> Any:
         """Write the adapter (see ``clapkit.lalm.io.save_pretrained``)."""

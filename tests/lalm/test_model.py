@@ -90,7 +90,12 @@ def test_loss_only_forward_gives_the_same_loss_and_gradients(stage):
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     full, grads = run()
+    seen = []  # rows the vocabulary-wide head computes
+    head = model.llm.get_output_embeddings()
+    handle = head.register_forward_hook(lambda m, args, out: seen.append(out.shape[:-1].numel()))
     fast, fast_grads = run(return_logits=False)
+    handle.remove()
+    assert seen == [(batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()]  # the target tokens only
     assert fast.logits is None and full.logits.shape[0] == 3  # full logits only when asked for
     torch.testing.assert_close(fast.loss, full.loss)
     assert grads.keys() == fast_grads.keys() and grads
@@ -279,6 +284,28 @@ def test_two_stages_train_then_save_load_gives_same_generation(tmp_path, name):
         torch.testing.assert_close(loaded.step(batch).logits, logits)
         with model.llm.disable_adapter():  # the LoRA weights were trained, saved and restored
             assert not torch.allclose(model.step(batch).logits, logits)
+
+    merged = clapkit.lalm.load(out, merge_lora=True)  # LoRA folded into the weights: the same model
+    assert not hasattr(merged.llm, "peft_config")
+    assert merged.generate_batch(merged.collator(generation=True)(_samples()), max_new_tokens=8) == expected
+    with torch.no_grad():
+        torch.testing.assert_close(merged.step(batch).logits, logits, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_linears_in_the_autocast_dtype_give_the_same_outputs():
+    model = make_lalm("mlp2x_gelu", downsample=2).eval()
+    configure_stage(model, 2, lora={"r": 2})
+    batch = model.collator()(_samples())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model.step(batch).logits
+        prompt = model.collator(generation=True)(_samples())
+        generated = model.generate_batch(prompt, max_new_tokens=6)
+        layers = model.llm.config.num_hidden_layers
+        assert model.cast_frozen_linears(torch.bfloat16) == 7 * layers  # q k v o gate up down, not LoRA nor head
+        assert model.llm.get_output_embeddings().weight.dtype == torch.float32
+        assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+        torch.testing.assert_close(model.step(batch).logits, expected, atol=0, rtol=0)
+        assert model.generate_batch(prompt, max_new_tokens=6) == generated
 
 
 def test_full_finetune_and_referenced_llm_round_trip(tmp_path):
