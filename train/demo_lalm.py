@@ -97,6 +97,7 @@ LABEL_QUESTIONS = (  # the first is the held-out question
     "What is making this sound?",
 )
 ORDER_QUESTION = "Which sound comes first?"
+_PEFT_DEPRECATION = ".*is_gradient_checkpointing.* is deprecated"  # warned inside peft's LoRA set-up
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -422,7 +423,7 @@ class LalmRunner:
                 "You have overridden `transfer_batch_to_device`",
                 "The number of training batches .* is smaller than the logging interval",
                 "You defined a `validation_step` but have no `val_dataloader`",
-                ".*is_gradient_checkpointing.* is deprecated",  # inside peft's LoRA set-up
+                _PEFT_DEPRECATION,
                 ".*isinstance.treespec, LeafSpec.*",
             ):
                 warnings.filterwarnings("ignore", message=message)
@@ -484,14 +485,16 @@ class LalmRunner:
     def stage2(self, stage1_adapter: str | Path, folder: Path) -> dict[str, Any]:
         """Projector + LoRA, on label and order questions with stage-1 replay; adapter to ``folder/adapter``."""
         cfg = self.config
-        module = LalmModule(
-            stage=2,
-            init_from=str(stage1_adapter),
-            lora={"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "lora_dropout": 0.0},
-            seed=self.seed,
-            optimizer=_optim(cfg.stage2),
-            export_dir=str(folder / "adapter"),
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_PEFT_DEPRECATION)  # peft's LoRA set-up, not ours
+            module = LalmModule(
+                stage=2,
+                init_from=str(stage1_adapter),
+                lora={"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "lora_dropout": 0.0},
+                seed=self.seed,
+                optimizer=_optim(cfg.stage2),
+                export_dir=str(folder / "adapter"),
+            )
         items = stage2_items(self.data, cfg.clip_repeats, cfg.scenes)
         if cfg.replay > 0:
             if not 0 <= cfg.replay < 1:
@@ -510,7 +513,7 @@ class LalmRunner:
             model = adapter
         else:
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated")  # in peft
+                warnings.filterwarnings("ignore", message=_PEFT_DEPRECATION)
                 model = load_lalm(adapter, merge_lora=True)
         autocast = cfg.precision.startswith("bf16")
         if autocast and not isinstance(adapter, AudioLanguageModel):  # a model of our own: cast it in place
