@@ -36,6 +36,7 @@ from clapkit.lalm.chat import (
 from clapkit.lalm.data import ConversationCollator, ConversationSample
 from clapkit.lalm.projectors import Projector, XAttnProjector
 from clapkit.model import ClapModel
+from clapkit.towers.onednn import onednn_linears
 
 __all__ = [
     "BATCH_KEYS",
@@ -389,7 +390,7 @@ class AudioLanguageModel(nn.Module):
         inputs = self.prepare_inputs(
             input_ids, attention_mask, labels, audio, audio_lengths, audio_features, audio_features_mask
         )
-        with inputs.context:
+        with inputs.context, onednn_linears(inputs.embeds):  # float32 on the CPU: oneDNN GEMMs (towers/onednn.py)
             if not return_logits and inputs.labels is not None and _keeps_logits(self.llm):
                 return self._target_loss(inputs, **llm_kwargs)
             return self.llm(
@@ -461,7 +462,7 @@ class AudioLanguageModel(nn.Module):
                 padding_side="left",
             )
             kwargs = {"max_new_tokens": self.config.max_new_tokens, "do_sample": False, **generate_kwargs}
-            with inputs.context:
+            with inputs.context, onednn_linears(inputs.embeds):
                 out = self.llm.generate(
                     inputs_embeds=inputs.embeds,
                     attention_mask=inputs.attention_mask,

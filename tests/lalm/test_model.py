@@ -10,6 +10,7 @@ import torch
 import clapkit.lalm
 from clapkit.lalm import IGNORE_INDEX, ConversationSample, configure_stage
 from clapkit.lalm.chat import end_of_turn_ids
+from clapkit.towers import onednn
 from tests.lalm.conftest import PROJECTOR_PARAMS, make_lalm, tone
 
 QA = [{"role": "user", "content": "<Audio>\nWhat sound is this?"}, {"role": "assistant", "content": "A dog."}]
@@ -104,6 +105,44 @@ def test_loss_only_forward_gives_the_same_loss_and_gradients(stage):
     count = torch.tensor(7)  # transformers' Trainer passes the number of target tokens: loss = sum / count
     summed = model.step(batch, num_items_in_batch=count).loss
     torch.testing.assert_close(model.step(batch, return_logits=False, num_items_in_batch=count).loss, summed)
+
+
+@pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN linear kernel")
+def test_float32_cpu_llm_runs_on_onednn_with_the_same_loss_gradients_and_generation(monkeypatch):
+    """In float32 on the CPU the LLM's linear layers (base, LoRA and head) run as oneDNN inner products, in the
+    training step and in generation; the loss, every gradient and the greedy answers equal F.linear's."""
+    model = make_lalm("mlp2x_gelu", downsample=2)
+    configure_stage(model, 2, lora={"r": 2})
+    batch = model.collator()(_samples())
+    prompts = model.collator(generation=True)([ConversationSample("a", QA[:1], [tone(440, 1.5)])])
+    calls: list[int] = []
+    apply = onednn.OneDnnLinear.apply
+    monkeypatch.setattr(onednn.OneDnnLinear, "apply", lambda *a: calls.append(1) or apply(*a))
+
+    def run(**kwargs):
+        model.zero_grad()
+        out = model.step(batch, **kwargs)
+        out.loss.backward()
+        answer = model.generate_batch(prompts, max_new_tokens=4)
+        return out.loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, answer
+
+    layers = model.llm.get_base_model().config.num_hidden_layers
+    for kwargs in ({}, {"return_logits": False}):
+        calls.clear()
+        loss, grads, answer = run(**kwargs)
+        assert len(calls) > 7 * 3 * layers  # 7 base linears per block, each with LoRA A and B, plus the head
+        monkeypatch.setattr(onednn, "_AVAILABLE", False)
+        calls.clear()
+        ref_loss, ref_grads, ref_answer = run(**kwargs)
+        monkeypatch.setattr(onednn, "_AVAILABLE", True)
+        assert calls == [] and answer == ref_answer
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+        assert grads.keys() == ref_grads.keys() and grads
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own bf16 GEMMs: left alone
+        model.step(batch, return_logits=False)
+    assert calls == []
 
 
 def test_precomputed_features_give_the_same_tokens_and_loss():
