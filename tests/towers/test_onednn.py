@@ -54,9 +54,8 @@ def test_only_the_needed_gradients_are_computed():
 
 
 def test_mode_routes_linear_layers(counted):
-    """nn.Linear layers go through OneDnnLinear inside the block, with the same outputs and gradients; nothing does
-    outside it. nn.MultiheadAttention runs as it is (the mode sees F.multi_head_attention_forward, not the
-    projections inside it)."""
+    """nn.Linear layers, and the two projections of nn.MultiheadAttention's self-attention, go through
+    OneDnnLinear inside the block, with the same outputs and gradients; nothing does outside it."""
     torch.manual_seed(0)
     attn = nn.MultiheadAttention(16, 2, batch_first=True)
     mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
@@ -76,10 +75,77 @@ def test_mode_routes_linear_layers(counted):
     with onednn.onednn_linears(x):
         out = run(x)
     out.square().sum().backward()
-    assert len(counted) == 2  # the two nn.Linear layers
+    assert len(counted) == 4  # the attention's in and out projections, the two nn.Linear layers
     assert torch.allclose(out, ref, atol=1e-5)
     for got, want in zip([x.grad] + [p.grad for p in params], ref_grads):
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+def _causal(length: int, kind: str) -> torch.Tensor:
+    upper = torch.ones(length, length, dtype=torch.bool).triu(1)  # True: may not attend (nn.MultiheadAttention)
+    if kind == "bool":
+        return upper
+    mask = torch.zeros(length, length).masked_fill(upper, float("-inf"))
+    return mask if kind == "float" else mask.expand(2 * 4, length, length)  # "3d": [N·heads, L, L]
+
+
+@pytest.mark.parametrize(
+    ("call", "fast"),
+    [
+        ({}, True),
+        ({"attn_mask": "float"}, True),
+        ({"attn_mask": "bool"}, True),
+        ({"attn_mask": "3d"}, True),
+        ({"attn_mask": "float", "is_causal": True}, True),
+        ({"key_padding_mask": True}, False),  # torch's own path for all of these
+        ({"need_weights": True}, False),
+        ({"cross": True}, False),
+    ],
+)
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_self_attention_matches_torch(call, fast, batch_first, counted):
+    """nn.MultiheadAttention's self-attention under the mode: the same output and gradients as torch's
+    F.multi_head_attention_forward for every mask form; the calls it does not cover run as they are."""
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(16, 4, batch_first=batch_first)
+    x = torch.randn(2, 5, 16) if batch_first else torch.randn(5, 2, 16)
+    x.requires_grad_(True)
+    kwargs = {"need_weights": call.get("need_weights", False), "is_causal": call.get("is_causal", False)}
+    if "attn_mask" in call:
+        kwargs["attn_mask"] = _causal(5, call["attn_mask"])
+    if call.get("key_padding_mask"):
+        kwargs["key_padding_mask"] = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    other = torch.randn_like(x) if call.get("cross") else x
+
+    def run():
+        x.grad = None
+        attn.zero_grad()
+        out = attn(x, other, other, **kwargs)[0]
+        out.square().sum().backward()
+        return [out.detach(), x.grad] + [p.grad for p in attn.parameters()]
+
+    want = run()
+    with onednn.onednn_linears(x):
+        got = run()
+    assert len(counted) == (2 if fast else 0)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-5, rtol=1e-4)
+
+
+def test_self_attention_takes_a_bool_mask_called_directly(counted):
+    """nn.MultiheadAttention turns a bool mask into a float one before it calls F.multi_head_attention_forward;
+    called directly with a bool mask (True: may not attend), the mode gives torch's result too."""
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(16, 4)
+    x = torch.randn(5, 2, 16)
+    args = (x, x, x, 16, 4, attn.in_proj_weight, attn.in_proj_bias, None, None, False, 0.0)
+    kwargs = {"out_proj_weight": attn.out_proj.weight, "out_proj_bias": attn.out_proj.bias, "need_weights": False}
+    mask = _causal(5, "bool")
+    want = F.multi_head_attention_forward(*args, attn_mask=mask, **kwargs)[0]
+    with onednn.onednn_linears(x):
+        got = F.multi_head_attention_forward(*args, attn_mask=mask, **kwargs)[0]
+    assert len(counted) == 2
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_mode_takes_keyword_arguments(counted):
