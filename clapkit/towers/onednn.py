@@ -100,6 +100,7 @@ def _self_attention(*args, **kwargs) -> tuple[torch.Tensor, None] | None:
     if not (
         q is a["key"] is a["value"]
         and q.dim() == 3
+        and q.shape[-1] == a["embed_dim_to_check"]  # else torch's own check raises
         and not a.get("need_weights", True)
         and a.get("key_padding_mask") is None
         and not a.get("use_separate_proj_weight", False)
@@ -121,7 +122,7 @@ def _self_attention(*args, **kwargs) -> tuple[torch.Tensor, None] | None:
         mask = None  # torch's hint: the given mask is the causal one
     elif mask is not None:
         if mask.dim() == 3:  # [N·heads, L, L]
-            mask = mask.view(batch, heads, length, -1)
+            mask = mask.reshape(batch, heads, length, -1)
         elif mask.dim() != 2:
             return None
         if mask.dtype == torch.bool:

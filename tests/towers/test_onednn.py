@@ -146,6 +146,8 @@ def test_self_attention_takes_a_bool_mask_called_directly(counted):
         got = F.multi_head_attention_forward(*args, attn_mask=mask, **kwargs)[0]
     assert len(counted) == 2
     assert torch.allclose(got, want, atol=1e-5)
+    with onednn.onednn_linears(x), pytest.raises(AssertionError, match="was expecting embedding dimension of 8"):
+        F.multi_head_attention_forward(x, x, x, 8, *args[4:], **kwargs)  # torch's own error, not a wrong result
 
 
 def test_mode_takes_keyword_arguments(counted):
