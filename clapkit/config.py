@@ -9,8 +9,53 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+import dacite
+
+T = TypeVar("T")
+
+# Strict: unknown keys and wrong types are errors. YAML/JSON write 10 for 10.0 and lists for tuples, so ints
+# become floats and lists become tuples where the field says so.
+_STRICT = dacite.Config(strict=True, cast=[float, tuple])
+
+
+def from_mapping(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
+    """Build the dataclass ``cls`` (nested dataclasses included) from a mapping read from a file.
+
+    Args:
+        cls: The dataclass to build.
+        raw: Its fields as read from JSON or YAML; ``None`` builds the defaults.
+        where: What the mapping is (a file name or a config section), named in errors.
+
+    Raises:
+        ValueError: ``raw`` is not a mapping, has unknown keys (the valid ones are listed), lacks a required
+            field or holds a value of the wrong type.
+    """
+    raw = {} if raw is None else raw
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(raw).__name__}")
+    _check_keys(cls, raw, where)
+    try:
+        return dacite.from_dict(cls, dict(raw), config=_STRICT)
+    except dacite.DaciteError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _check_keys(cls: type, raw: Mapping[str, Any], where: str) -> None:
+    """Unknown keys anywhere in the nested mapping, named with their path and the valid keys there."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; valid keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in raw.items():
+        inner = [t for t in (hints[name], *typing.get_args(hints[name])) if dataclasses.is_dataclass(t)]
+        if inner and isinstance(value, Mapping):
+            _check_keys(inner[0], value, f"{where}.{name}")
 
 
 @dataclass
@@ -103,36 +148,11 @@ class ModelConfig:
     name: str = ""
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        d = copy.deepcopy(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; valid keys: {sorted(known)}")
-        for key, typ in (
-            ("audio_tower", TowerConfig),
-            ("text_tower", TowerConfig),
-            ("audio", AudioConfig),
-            ("frontend", MelConfig),
-            ("audio_head", HeadConfig),
-            ("text_head", HeadConfig),
-            ("audio_projection", ProjectionConfig),
-            ("text_projection", ProjectionConfig),
-        ):
-            if isinstance(d.get(key), dict):
-                d[key] = _build(typ, d[key], key)
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        return from_mapping(cls, copy.deepcopy(dict(d)), "model config")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _build(typ: type, d: dict[str, Any], where: str) -> Any:
-    known = {f.name for f in dataclasses.fields(typ)}
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)} in {where!r}; valid keys: {sorted(known)}")
-    return typ(**d)
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -21,10 +21,16 @@ def test_registries_name_the_valid_choices():
 
 def test_config_rejects_unknown_keys_and_merges_overrides():
     base = clapkit.get_model_config("htsat-tiny").to_dict()
-    with pytest.raises(ValueError, match="unknown model config keys"):
+    with pytest.raises(ValueError, match=r"model config: unknown keys \['embed_dims'\]; valid keys: .*'embed_dim'"):
         ModelConfig.from_dict({**base, "embed_dims": 3})
-    with pytest.raises(ValueError, match="unknown keys .*'audio'"):
+    with pytest.raises(ValueError, match=r"model config\.audio: unknown keys \['rate'\]; valid keys: .*'sample_rate'"):
         ModelConfig.from_dict({**base, "audio": {"rate": 3}})
+    with pytest.raises(ValueError, match=r"model config: .*\"embed_dim\".*int"):
+        ModelConfig.from_dict({**base, "embed_dim": "128"})
+    with pytest.raises(ValueError, match=r"model config: missing value for field \"text_tower\""):
+        ModelConfig.from_dict({k: v for k, v in base.items() if k != "text_tower"})
+    # JSON writes 5 for 5.0: ints become floats where the field is a float
+    assert ModelConfig.from_dict({**base, "audio": {"clip_seconds": 5}}).audio.clip_seconds == 5.0
     cfg = clapkit.get_model_config("htsat-tiny", embed_dim=128, audio={"clip_seconds": 5.0})
     assert cfg.embed_dim == 128 and cfg.audio.clip_seconds == 5.0 and cfg.audio.sample_rate == 48000
 
