@@ -370,7 +370,7 @@ def predict(
     **generate_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Generate answers for conversation samples and return prediction records (see ``make_record``)."""
-    from tqdm.auto import tqdm
+    from clapkit.progress import progress_bar
 
     collate = model.collator(generation=True)
     records: list[dict[str, Any]] = []
@@ -382,7 +382,7 @@ def predict(
         records.extend(make_record(s, a, r) for s, a, r in zip(pending, answers, batch["references"]))
         pending.clear()
 
-    bar = tqdm(total=limit, desc="lalm eval", unit="sample", disable=not progress)
+    bar = progress_bar(total=limit, desc="lalm eval", unit="sample", disable=not progress)
     for sample in samples:
         if limit is not None and len(records) + len(pending) >= limit:
             break
