@@ -42,12 +42,17 @@ def _serve(cfg: ServeConfig) -> None:
 
 
 class Command(NamedTuple):
-    """A subcommand: its config dataclass (the schema), what runs it, and its help texts."""
+    """A subcommand: its config dataclass (the schema), what runs it, and its help texts.
+
+    ``own_forms`` gives fields a command-line form other than ``--field value``: (field, option strings or
+    the positional name, ``add_argument`` options). The field stays a YAML key of the same name.
+    """
 
     config: type
     run: Callable[[Any], None]
     help: str
     description: str
+    own_forms: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = ()
 
 
 COMMANDS = {
@@ -57,6 +62,8 @@ COMMANDS = {
         "embed folders / shards into resumable .npy + .jsonl parts",
         "Embed every recording window by window into parts under --out. Worker processes decode; the main "
         "process runs batched inference. Rerun the same command after a kill: finished parts are kept.",
+        # Positional; SUPPRESS keeps a command line without inputs from replacing the file's `inputs` with [].
+        (("inputs", ("inputs",), {"nargs": "*", "default": argparse.SUPPRESS, "help": "files, folders, shards"}),),
     ),
     "build": Command(
         BuildConfig,
@@ -71,26 +78,17 @@ COMMANDS = {
         "serve indices over HTTP with a web page",
         "FastAPI + uvicorn: POST /search, GET /audio/{id}, /indices, /health, /metrics and the web page at /. "
         "Give indices as folders or NAME=FOLDER.",
+        (("indices", ("--indices", "--index"), {"nargs": "+", "default": [], "help": "folders or NAME=FOLDER"}),),
     ),
 }
 
 
-def _command_parser(cls: type, description: str) -> ArgumentParser:
-    parser = ArgumentParser(description=description)
+def _command_parser(command: Command) -> ArgumentParser:
+    parser = ArgumentParser(description=command.description)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config (configs/retrieval/*.yaml)")
-    skip = set()
-    if cls is EmbedConfig:
-        # Positional, as before; SUPPRESS keeps an empty command line from replacing the file's `inputs`.
-        parser.add_argument(
-            "inputs", nargs="*", type=str, default=argparse.SUPPRESS, help="audio files, folders or .tar shards"
-        )
-        skip.add("inputs")
-    if cls is ServeConfig:
-        parser.add_argument(
-            "--indices", "--index", nargs="+", type=str, default=[], help="index folders or NAME=FOLDER"
-        )
-        skip.add("indices")
-    parser.add_class_arguments(cls, None, skip=skip)
+    for _, flags, options in command.own_forms:
+        parser.add_argument(*flags, type=str, **options)
+    parser.add_class_arguments(command.config, None, skip={name for name, _, _ in command.own_forms})
     return parser
 
 
@@ -102,7 +100,7 @@ def build_parser() -> ArgumentParser:
     )
     commands = parser.add_subcommands(dest="command", required=True)
     for name, command in COMMANDS.items():
-        commands.add_subcommand(name, _command_parser(command.config, command.description), help=command.help)
+        commands.add_subcommand(name, _command_parser(command), help=command.help)
     return parser
 
 
@@ -117,7 +115,7 @@ def parse(argv: list[str] | None = None) -> tuple[str, Any]:
 
 def _to_config(cls: type, args: Namespace) -> Any:
     values = {f.name: args[f.name] for f in dataclasses.fields(cls) if f.name in args}
-    return cls(**values)  # fields the namespace lacks (`inputs` not given anywhere) keep their defaults
+    return cls(**values)  # a suppressed positional given nowhere (embed's `inputs`) keeps its default
 
 
 def main(argv: list[str] | None = None) -> int:
