@@ -160,7 +160,7 @@ def main() -> None:
         )
         port = free_port()
         cmd = [sys.executable, "-m", "retrieval", "serve", "--index", f"bench={index_dir}", "--port", str(port)]
-        server = subprocess.Popen([*cmd, "--max-batch", str(args.max_batch), "--log-level", "warning"])
+        server = subprocess.Popen([*cmd, "--max_batch", str(args.max_batch), "--log_level", "warning"])
         try:
             deadline = time.time() + 120
             while True:

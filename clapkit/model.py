@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from clapkit import audio as audio_io
 from clapkit.config import ModelConfig, ProjectionConfig
+from clapkit.progress import progress_bar
 from clapkit.registry import Registry
 from clapkit.towers import AUDIO_TOWERS, TEXT_TOWERS, SequenceHead, TowerOutput
 
@@ -245,7 +245,7 @@ class ClapModel(nn.Module):
             pending.clear()
 
         try:
-            for index, source in enumerate(tqdm(inputs, desc="embed audio", unit="clip", disable=not progress)):
+            for index, source in enumerate(progress_bar(inputs, desc="embed audio", unit="clip", disable=not progress)):
                 wave = audio_io.load_audio(source, cfg.sample_rate, source_rate=sample_rate)
                 wins = audio_io.sliding_windows(wave, cfg.clip_samples, cfg.hop_samples, pad=cfg.pad)
                 # Zero padding is masked out; repeat padding is content.
@@ -285,7 +285,7 @@ class ClapModel(nn.Module):
         self.eval()
         out = []
         try:
-            for start in tqdm(range(0, len(texts), batch_size), desc="embed text", disable=not progress):
+            for start in progress_bar(range(0, len(texts), batch_size), desc="embed text", disable=not progress):
                 tokens = self.tokenize(texts[start : start + batch_size])
                 with _autocast(self.device, autocast_dtype):
                     out.append(self.encode_text(tokens).float().cpu())

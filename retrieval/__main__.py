@@ -1,126 +1,132 @@
 """``python -m retrieval embed|build|serve``: audio search at scale, from a checkout.
 
-Each command reads an optional YAML config (``-c configs/retrieval/<command>.yaml``); flags given on the
-command line override it.
+Each command reads an optional YAML config (``-c configs/retrieval/<command>.yaml``) and ``--key value``
+flags, parsed by jsonargparse against the command's dataclass in ``retrieval.config``; arguments are applied
+in order, so flags after ``-c`` override the file. Unknown keys are refused, ``--print_config`` prints the
+resulting config.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from retrieval.config import BuildConfig, EmbedConfig, ServeConfig, load_config
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+from retrieval.config import BuildConfig, EmbedConfig, ServeConfig
 
 
-def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ("command", "config", "func")) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in skip}
-
-
-def _embed(args: argparse.Namespace) -> int:
+def _embed(cfg: EmbedConfig) -> None:
     from retrieval.embed import embed_collection
 
-    cfg = load_config(EmbedConfig, args.config, _overrides(args))
     print(json.dumps(embed_collection(cfg), indent=2))
-    return 0
 
 
-def _build(args: argparse.Namespace) -> int:
+def _build(cfg: BuildConfig) -> None:
     from retrieval.build import build_index
 
-    cfg = load_config(BuildConfig, args.config, _overrides(args))
     print(json.dumps(build_index(cfg), indent=2))
-    return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(cfg: ServeConfig) -> None:
     from retrieval.serve import serve
 
-    cfg = load_config(ServeConfig, args.config, _overrides(args))
     serve(cfg)
-    return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m retrieval",
-        description="Audio search at scale: embed a collection into parts, build an index, serve it over HTTP.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    config = argparse.ArgumentParser(add_help=False)
-    config.add_argument("-c", "--config", help="YAML config (configs/retrieval/*.yaml); flags override it")
+class Command(NamedTuple):
+    """A subcommand: its config dataclass (the schema), what runs it, and its help texts.
 
-    p = sub.add_parser(
-        "embed",
-        parents=[config],
-        help="embed folders / shards into resumable .npy + .jsonl parts",
-        description="Embed every recording window by window into parts under --out. Worker processes decode; "
-        "the main process runs batched inference. Rerun the same command after a kill: finished parts are kept.",
-    )
-    p.add_argument("inputs", nargs="*", default=None, help="audio files, folders or .tar shards")
-    p.add_argument("--out", help="parts folder")
-    p.add_argument("--model", help="save_pretrained folder (or registered name)")
-    p.add_argument("--device", help="torch device (default cpu)")
-    p.add_argument("--precision", choices=["bf16", "fp16"], help="autocast dtype (default fp32)")
-    p.add_argument("--window-seconds", type=float, help="window length in s (default: the model's clip)")
-    p.add_argument("--hop-seconds", type=float, help="hop between windows in s (default: the model's hop)")
-    p.add_argument("--batch-size", type=int, help="windows per forward pass (32)")
-    p.add_argument("--workers", type=int, help="decoding processes (2; 0 = in the main process)")
-    p.add_argument("--part-size", type=int, help="audio files per part (1024); each shard is one part")
-    p.add_argument("--max-parts", type=int, help="stop after finishing this many parts")
-    p.set_defaults(func=_embed)
+    ``own_forms`` gives fields a command-line form other than ``--field value``: (field, option strings or
+    the positional name, ``add_argument`` options). The field stays a YAML key of the same name.
+    """
 
-    p = sub.add_parser(
-        "build",
-        parents=[config],
-        help="build an index folder from embedding parts",
-        description="Build an AudioIndex from the parts of `embed`: the layout is chosen for the total count "
-        "(--index auto) within --memory-budget; IVF layouts are trained on a sample across all parts.",
-    )
-    p.add_argument("--parts", help="folder written by `embed`")
-    p.add_argument("--out", help="index folder (replaced atomically)")
-    p.add_argument("--index", help="auto | flat | hnsw | ivf-flat | ivf-pq | a faiss index_factory string")
-    p.add_argument("--memory-budget", help="for auto: memory the index may use (8GiB)")
-    p.add_argument("--train-size", type=int, help="IVF training sample size")
-    p.add_argument("--nprobe", type=int, help="default IVF lists per query (default: tuned)")
-    p.add_argument("--ef-search", type=int, help="default HNSW search breadth (default: tuned)")
-    p.add_argument("--target-recall", type=float, help="recall@10 the tuned defaults reach (0.95)")
-    p.add_argument("--allow-partial", action="store_true", default=None, help="build from finished parts only")
-    p.add_argument("--seed", type=int, help="training-sample seed")
-    p.set_defaults(func=_build)
+    config: type
+    run: Callable[[Any], None]
+    help: str
+    description: str
+    own_forms: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = ()
 
-    p = sub.add_parser(
-        "serve",
-        parents=[config],
-        help="serve indices over HTTP with a web page",
-        description="FastAPI + uvicorn: POST /search, GET /audio/{id}, /indices, /health, /metrics and the web "
-        "page at /. Give indices as folders or NAME=FOLDER.",
-    )
-    p.add_argument("--index", dest="indices", action="append", help="index folder or NAME=FOLDER (repeatable)")
-    p.add_argument("--host", help="bind address (127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (8000)")
-    p.add_argument("--device", help="torch device of the query encoders")
-    p.add_argument("--max-k", type=int, help="hits per query at most (100)")
-    p.add_argument("--max-request-bytes", type=int, help="request body limit in bytes (16 MiB)")
-    p.add_argument("--search-threads", type=int, help="FAISS searches / clip decodes running at once (4)")
-    p.add_argument("--max-batch", type=int, help="queries encoded in one forward pass at most (32)")
-    p.add_argument("--log-level", help="uvicorn log level (info)")
-    p.set_defaults(func=_serve)
+
+COMMANDS = {
+    "embed": Command(
+        EmbedConfig,
+        _embed,
+        "embed folders / shards into resumable .npy + .jsonl parts",
+        "Embed every recording window by window into parts under --out. Worker processes decode; the main "
+        "process runs batched inference. Rerun the same command after a kill: finished parts are kept.",
+        # Positional; SUPPRESS keeps a command line without inputs from replacing the file's `inputs` with [].
+        (("inputs", ("inputs",), {"nargs": "*", "default": argparse.SUPPRESS, "help": "files, folders, shards"}),),
+    ),
+    "build": Command(
+        BuildConfig,
+        _build,
+        "build an index folder from embedding parts",
+        "Build an AudioIndex from the parts of `embed`: the layout is chosen for the total count (--index auto) "
+        "within --memory_budget; IVF layouts are trained on a sample across all parts.",
+    ),
+    "serve": Command(
+        ServeConfig,
+        _serve,
+        "serve indices over HTTP with a web page",
+        "FastAPI + uvicorn: POST /search, GET /audio/{id}, /indices, /health, /metrics and the web page at /. "
+        "Give indices as folders or NAME=FOLDER.",
+        (("indices", ("--indices", "--index"), {"nargs": "+", "default": [], "help": "folders or NAME=FOLDER"}),),
+    ),
+}
+
+
+def _command_parser(command: Command) -> ArgumentParser:
+    parser = ArgumentParser(description=command.description)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config (configs/retrieval/*.yaml)")
+    for _, flags, options in command.own_forms:
+        parser.add_argument(*flags, type=str, **options)
+    parser.add_class_arguments(command.config, None, skip={name for name, _, _ in command.own_forms})
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
+    """The ``python -m retrieval`` parser: one subcommand per entry of ``COMMANDS``."""
+    parser = ArgumentParser(
+        prog="python -m retrieval",
+        description="Audio search at scale: embed a collection into parts, build an index, serve it over HTTP.",
+    )
+    commands = parser.add_subcommands(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        commands.add_subcommand(name, _command_parser(command), help=command.help)
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> tuple[str, Any]:
+    """The command and its config dataclass from ``argv`` (default: the command line).
+
+    Exits with status 2 and a message naming the key on unknown keys or ill-typed values.
+    """
     args = build_parser().parse_args(argv)
-    if getattr(args, "inputs", None) == []:
-        args.inputs = None
+    return args.command, _to_config(COMMANDS[args.command].config, args[args.command])
+
+
+def _to_config(cls: type, args: Namespace) -> Any:
+    values = {f.name: args[f.name] for f in dataclasses.fields(cls) if f.name in args}
+    return cls(**values)  # a suppressed positional given nowhere (embed's `inputs`) keeps its default
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m retrieval`` with ``argv``; returns the exit status."""
+    command, cfg = parse(argv)
     try:
-        return int(args.func(args) or 0)
+        COMMANDS[command].run(cfg)
     except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"retrieval {args.command}: error: {err}", file=sys.stderr)
+        print(f"retrieval {command}: error: {err}", file=sys.stderr)
         return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from clapkit.index import AudioIndex, ModelInfo
+from clapkit.progress import progress_bar
 from retrieval.config import BuildConfig
 from retrieval.embed import FinishedPart, finished_parts
 
@@ -70,7 +70,7 @@ def build_index(cfg: BuildConfig) -> dict[str, Any]:
     plan_ = index.prepare(total)
     if index.train_points:
         index.train(_training_sample(parts, counts, index.train_points, cfg.seed))
-    for part in tqdm(parts, desc="index parts", unit="part"):
+    for part in progress_bar(parts, desc="index parts", unit="part"):
         emb = np.load(part.embeddings)
         with open(part.metadata) as f:
             rows = [json.loads(line) for line in f]

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from tqdm.auto import tqdm
 
 from clapkit.audio import load_audio
 from clapkit.index import model_info
 from clapkit.index_sources import Clip, expand_inputs, iter_shard, window_spans
 from clapkit.io import atomic_save_npy, atomic_write_json, atomic_write_text
+from clapkit.progress import progress_bar
 from retrieval.config import EmbedConfig
 
 __all__ = ["FinishedPart", "Part", "embed_collection", "finished_parts", "plan_parts", "read_plan"]
@@ -241,7 +241,7 @@ def _run(cfg: EmbedConfig, model, todo: list[Part], out: Path, summary: dict, wi
                 buf.emb[row] = e
 
     total = sum(len(p.files or []) for p in todo) if not any(p.shard for p in todo) else None
-    bar = tqdm(total=total, desc="embed", unit="clip", dynamic_ncols=True)
+    bar = progress_bar(total=total, desc="embed", unit="clip", dynamic_ncols=True)
     try:
         for item in loader:
             buf = buffers.setdefault(item["part"], _Buffer())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.strategies import FSDPStrategy
 
-__all__ = ["Checkpoint", "EvalSuite", "ReaderStats", "SamplesPerSecond", "batch_size_of"]
+__all__ = ["Checkpoint", "EvalSuite", "ReaderStats", "SamplesPerSecond", "ThroughputCallback", "batch_size_of"]
 
 
 def batch_size_of(batch: Any) -> int:
@@ -24,27 +25,35 @@ def batch_size_of(batch: Any) -> int:
     return int(batch.shape[0])
 
 
-class SamplesPerSecond(Callback):
-    """Training samples per second over all ranks, a rolling mean over ``window_size`` steps.
+class ThroughputCallback(Callback):
+    """Training throughput over all ranks, a rolling mean over ``window_size`` steps, on the progress bar.
 
-    Logged as ``samples/s`` on the progress bar and to the loggers (lightning's ``Throughput`` does the
-    windowed arithmetic; its ``ThroughputMonitor`` only writes to loggers).
+    Lightning's ``Throughput`` does the windowed arithmetic (its ``ThroughputMonitor`` only writes to loggers);
+    this logs its rates under ``rate_names`` on the progress bar and to the loggers. Subclasses say what a batch
+    counts (:meth:`count`): samples, and optionally items such as tokens.
+
+    Args:
+        window_size: Steps in the rolling window (the rate spans ``window_size - 1`` step intervals).
     """
+
+    #: (``Throughput`` metric, name it is logged under) pairs.
+    rate_names: tuple[tuple[str, str], ...] = (("samples_per_sec", "samples/s"),)
+    #: Seconds since an arbitrary origin; tests swap it for a controlled clock.
+    clock: Callable[[], float] = staticmethod(time.perf_counter)
 
     def __init__(self, window_size: int = 5) -> None:
         self.window_size = window_size
         self._throughput: Throughput | None = None
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Rich's bar prints metrics as ".3f", which shows a learning rate of 1e-4 as 0.000.
-        if isinstance(trainer.progress_bar_callback, RichProgressBar):
-            trainer.progress_bar_callback.theme.metrics_format = ".3g"
+    def count(self, batch: Any) -> tuple[int, int | None]:
+        """(samples, items) in ``batch``; items (tokens, …) are ``None`` when only samples are counted."""
+        raise NotImplementedError
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._throughput = Throughput(window_size=self.window_size, world_size=trainer.world_size)
-        self._t0 = time.perf_counter()
-        self._samples = 0
-        self._batches = 0
+        self._t0 = self.clock()
+        self._samples = self._batches = 0
+        self._items: int | None = None
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -52,14 +61,31 @@ class SamplesPerSecond(Callback):
         if self._throughput is None:
             return
         if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()
-        self._samples += batch_size_of(batch)
+            torch.cuda.synchronize()  # the step's kernels are done, so the clock measures them
+        samples, items = self.count(batch)
+        self._samples += samples
         self._batches += 1
-        self._throughput.update(time=time.perf_counter() - self._t0, batches=self._batches, samples=self._samples)
+        if items is not None:
+            self._items = (self._items or 0) + items
+        elapsed = self.clock() - self._t0
+        self._throughput.update(time=elapsed, batches=self._batches, samples=self._samples, lengths=self._items)
         metrics = self._throughput.compute()
-        rate = metrics.get("samples_per_sec", metrics.get("device/samples_per_sec"))  # the former only if world > 1
-        if rate is not None:
-            pl_module.log("samples/s", rate, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+        for key, name in self.rate_names:
+            rate = metrics.get(key, metrics.get(f"device/{key}"))  # the former only if world > 1
+            if rate is not None:
+                pl_module.log(name, rate, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+
+
+class SamplesPerSecond(ThroughputCallback):
+    """Training samples per second over all ranks (``samples/s``), a rolling mean over ``window_size`` steps."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Rich's bar prints metrics as ".3f", which shows a learning rate of 1e-4 as 0.000.
+        if isinstance(trainer.progress_bar_callback, RichProgressBar):
+            trainer.progress_bar_callback.theme.metrics_format = ".3g"
+
+    def count(self, batch: Any) -> tuple[int, None]:
+        return batch_size_of(batch), None
 
 
 class ReaderStats(Callback):

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, replace
@@ -23,8 +22,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import webdataset as wds
-from lightning.fabric.utilities.throughput import Throughput
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import FSDPStrategy
@@ -44,7 +41,7 @@ from clapkit.lalm import (
     replay_mix,
 )
 from clapkit.lalm.io import SMOLLM2_GGUF, default_llm_folder
-from train.callbacks import Checkpoint
+from train.callbacks import Checkpoint, ThroughputCallback
 from train.clap import build_clap_model
 from train.optim import OptimConfig, build_optimizer, build_scheduler, freeze_zero_lr
 
@@ -415,39 +412,16 @@ class LalmDataModule(pl.LightningDataModule):
         return self._loader(self._reader(h.val_shards, False, h.val_batch_size or h.batch_size, False))
 
 
-class TokensPerSecond(Callback):
+class TokensPerSecond(ThroughputCallback):
     """Training text tokens (and conversations) per second over all ranks, a rolling mean over ``window_size`` steps.
 
     Tokens are the conversations' text tokens (the attention mask), before audio tokens are inserted.
     """
 
-    def __init__(self, window_size: int = 5) -> None:
-        self.window_size = window_size
-        self._throughput: Throughput | None = None
+    rate_names = (("items_per_sec", "tokens/s"), ("samples_per_sec", "samples/s"))
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._throughput = Throughput(window_size=self.window_size, world_size=trainer.world_size)
-        self._t0 = time.perf_counter()
-        self._tokens = self._samples = self._batches = 0
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self._throughput is None:
-            return
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()
-        self._tokens += int(batch["attention_mask"].sum())
-        self._samples += len(batch["keys"])
-        self._batches += 1
-        self._throughput.update(
-            time=time.perf_counter() - self._t0, batches=self._batches, samples=self._samples, lengths=self._tokens
-        )
-        metrics = self._throughput.compute()
-        for name, key in (("tokens/s", "items_per_sec"), ("samples/s", "samples_per_sec")):
-            rate = metrics.get(key, metrics.get(f"device/{key}"))  # the former only if world > 1
-            if rate is not None:
-                pl_module.log(name, rate, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+    def count(self, batch: Any) -> tuple[int, int]:
+        return len(batch["keys"]), int(batch["attention_mask"].sum())
 
 
 class LalmCLI(LightningCLI):

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from clapkit.audio import load_audio
 from clapkit.compose.captions import hard_negatives, paraphrases
 from clapkit.compose.lexicon import Lexicon
 from clapkit.compose.scenes import ComposerConfig, EventClip, Scene, SceneComposer
 from clapkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from clapkit.progress import progress_bar
 
 __all__ = [
     "BENCHMARK_KINDS",
@@ -152,7 +152,7 @@ def write_scenes(
     max_tries = max_tries or 20 * n
     lines, captions = [], set()
     drawn = 0
-    bar = tqdm(total=n, desc="compose scenes", unit="scene", disable=not progress)
+    bar = progress_bar(total=n, desc="compose scenes", unit="scene", disable=not progress)
     try:
         while len(lines) < n:
             if drawn >= max_tries:
@@ -298,7 +298,7 @@ def write_compositional_benchmark(
         kind = BENCHMARK_KINDS[name]
         order = rng.permutation(len(pairs))
         table = [COMPA_COLUMNS]
-        for i in tqdm(range(rows), desc=name, unit="pair", disable=not progress):
+        for i in progress_bar(range(rows), desc=name, unit="pair", disable=not progress):
             pair = tuple(pairs[int(order[i % len(pairs)])])
             scene_seed = (seed, bench_index, i)
             scene = composer_for(pair).compose(scene_seed, kind=kind)

@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tqdm.auto import tqdm
-
 from clapkit.compose.captions import _stem, analyze, compare_compositions, content_words
 from clapkit.compose.lexicon import Lexicon
+from clapkit.progress import progress_bar
 
 __all__ = ["DEFAULT_PROMPTS", "GenerationCache", "LLMCaptionWriter", "PromptTemplate", "parse_completion", "validate"]
 
@@ -356,7 +355,7 @@ class LLMCaptionWriter:
             if cached is not None:
                 completions[key] = cached
         todo = [(k, p, c) for k, p, c in dict.fromkeys(zip(keys, prompts, captions)) if k not in completions]
-        bar = tqdm(total=len(todo), desc=f"LLM {kind}", unit="caption", disable=not progress)
+        bar = progress_bar(total=len(todo), desc=f"LLM {kind}", unit="caption", disable=not progress)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             for (key, _, caption), text in zip(chunk, self._run([p for _, p, _ in chunk])):

@@ -38,12 +38,12 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from tqdm.auto import tqdm
 
 from clapkit import audio as audio_io
 from clapkit.compose.captions import CONNECTIVES, fix_articles, paraphrases
 from clapkit.compose.lexicon import Lexicon
 from clapkit.io import atomic_write_bytes, atomic_write_text
+from clapkit.progress import progress_bar
 
 __all__ = [
     "KINDS",
@@ -450,7 +450,7 @@ class SceneComposer:
 
     def generate(self, n: int, *, seed: int = 0, progress: bool = False) -> Iterator[Scene]:
         """``n`` scenes; scene i is ``compose((seed, i))`` so any one can be rebuilt alone."""
-        for i in tqdm(range(n), desc="compose scenes", unit="scene", disable=not progress):
+        for i in progress_bar(range(n), desc="compose scenes", unit="scene", disable=not progress):
             yield self.compose((seed, i))
 
     def write(self, directory: str | Path, n: int, *, seed: int = 0, progress: bool = True) -> Path:

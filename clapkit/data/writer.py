@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import webdataset as wds
-from tqdm.auto import tqdm
 
 from clapkit.audio import load_audio
 from clapkit.data.inputs import InputRecord
@@ -45,6 +44,7 @@ from clapkit.data.schema import (
     load_manifest,
 )
 from clapkit.io import atomic_write_json
+from clapkit.progress import progress_bar
 
 __all__ = ["WriterConfig", "parse_size", "shard_key", "write_shards"]
 
@@ -362,7 +362,7 @@ def write_shards(
     for path in out.glob("*" + PARTIAL_SUFFIX):  # an interrupted shard is rewritten from its first sample
         path.unlink()
     writer: wds.ShardWriter | None = None
-    bar = tqdm(total=len(records), initial=run.first_index, unit="file", desc="shards", disable=not progress)
+    bar = progress_bar(total=len(records), initial=run.first_index, unit="file", desc="shards", disable=not progress)
     try:
         for index, result in _encoded(records, run.first_index, config):
             run.next_index = index  # a shard closed by this write ends before this record

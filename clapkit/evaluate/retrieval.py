@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from clapkit.evaluate.report import resolve_path
 from clapkit.model import ClapModel
+from clapkit.progress import progress_bar
 
 __all__ = [
     "RetrievalSet",
@@ -116,7 +116,7 @@ def retrieval_ranks(
     a2t = []
     m = torch.arange(most, device=a.device)[None, :]
     rows = torch.arange(block_size, device=a.device)[:, None]
-    for start in tqdm(range(0, n_audio, block_size), desc="retrieval ranks", disable=not progress):
+    for start in progress_bar(range(0, n_audio, block_size), desc="retrieval ranks", disable=not progress):
         sim = a[start : start + block_size] @ t.T  # [b, N_t]
         ids = own_ids[start : start + block_size]
         ok = ids >= 0

@@ -2,7 +2,7 @@
 
 * Multiple choice in MMAU's format (``question``, ``choices``, ``answer``): the chosen option is extracted
   from free text (an option letter, or the one option whose text the answer names); accuracy.
-* Transcription: word and character error rates (corpus level: total edits / total reference length).
+* Transcription: word and character error rates (``jiwer``, corpus level: total edits / total reference length).
 * Abstention on closed questions (LLaSO): answers that decline, or name no option.
 * Labels: exact match after normalisation, and whether the label is named anywhere in the answer; or, over a
   closed label set with several phrasings per label, the one label an answer names (``extract_label``).
@@ -19,16 +19,17 @@ import re
 import string
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import jiwer
 
 __all__ = [
     "KINDS",
     "abstention_rate",
     "cer",
     "contains_match",
-    "edit_distance",
     "exact_match",
     "extract_choice",
     "extract_label",
@@ -200,40 +201,29 @@ def multiple_choice_accuracy(
     }
 
 
-def edit_distance(reference: Sequence[Any], hypothesis: Sequence[Any]) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions, each cost 1) between two sequences."""
-    if len(reference) < len(hypothesis):
-        reference, hypothesis = hypothesis, reference
-    previous = list(range(len(hypothesis) + 1))
-    for i, r in enumerate(reference, start=1):
-        current = [i]
-        for j, h in enumerate(hypothesis, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1]
+def _error_rate(references: Sequence[str], hypotheses: Sequence[str], measure: Callable[..., float]) -> float:
+    """``measure`` (``jiwer.wer`` / ``jiwer.cer``) on normalised text; undefined when every reference is empty.
 
-
-def _error_rate(references: Sequence[str], hypotheses: Sequence[str], unit) -> float:
+    An empty reference among non-empty ones is scored as jiwer does: its hypothesis words are insertions
+    counted against the corpus total.
+    """
     if len(references) != len(hypotheses):
         raise ValueError(f"got {len(references)} references and {len(hypotheses)} hypotheses")
-    edits = total = 0
-    for ref, hyp in zip(references, hypotheses):
-        r, h = unit(normalize_text(ref)), unit(normalize_text(hyp))
-        edits += edit_distance(r, h)
-        total += len(r)
-    if total == 0:
-        raise ValueError("error rate is undefined: the references are empty")
-    return edits / total
+    refs = [normalize_text(r) for r in references]
+    if not any(refs):
+        # jiwer would score an all-empty corpus as 0 or 1 depending on the hypotheses; neither means anything.
+        raise ValueError("error rate is undefined: the references are empty (after normalisation)")
+    return float(measure(refs, [normalize_text(h) for h in hypotheses]))
 
 
 def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """Word error rate over a corpus (normalised text; total word edits / total reference words)."""
-    return _error_rate(references, hypotheses, str.split)
+    """Word error rate over a corpus (``jiwer.wer`` on normalised text: total word edits / total reference words)."""
+    return _error_rate(references, hypotheses, jiwer.wer)
 
 
 def cer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """Character error rate over a corpus (normalised text, single spaces counted as characters)."""
-    return _error_rate(references, hypotheses, list)
+    """Character error rate over a corpus (``jiwer.cer`` on normalised text; single spaces count as characters)."""
+    return _error_rate(references, hypotheses, jiwer.cer)
 
 
 def is_abstention(prediction: str, choices: Sequence[str] | None = None) -> bool:
@@ -380,7 +370,7 @@ def predict(
     **generate_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Generate answers for conversation samples and return prediction records (see ``make_record``)."""
-    from tqdm.auto import tqdm
+    from clapkit.progress import progress_bar
 
     collate = model.collator(generation=True)
     records: list[dict[str, Any]] = []
@@ -392,7 +382,7 @@ def predict(
         records.extend(make_record(s, a, r) for s, a, r in zip(pending, answers, batch["references"]))
         pending.clear()
 
-    bar = tqdm(total=limit, desc="lalm eval", unit="sample", disable=not progress)
+    bar = progress_bar(total=limit, desc="lalm eval", unit="sample", disable=not progress)
     for sample in samples:
         if limit is not None and len(records) + len(pending) >= limit:
             break

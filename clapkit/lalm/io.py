@@ -32,6 +32,7 @@ from torch import nn
 from clapkit.io import atomic_replace_dir
 from clapkit.lalm.model import DEFAULT_LLM, AudioLanguageModel, LalmConfig
 from clapkit.lalm.projectors import build_projector
+from clapkit.progress import progress_bar
 
 __all__ = ["ADAPTER_CONFIG", "SMOLLM2_GGUF", "default_llm_folder", "load", "load_llm", "save_pretrained"]
 
@@ -57,22 +58,19 @@ def default_llm_folder() -> Path:
 
 @contextmanager
 def _gguf_progress(progress: bool | None) -> Iterator[None]:
-    """Make transformers' GGUF conversion bar follow ``progress``.
+    """Make transformers' GGUF conversion bar follow ``progress``, as a ``clapkit.progress.progress_bar``.
 
     The GGUF loader uses a plain ``tqdm``, which ignores transformers' progress-bar switch (and reads
-    ``TQDM_DISABLE`` only when tqdm is imported), so the bar is switched off here while the LLM loads.
+    ``TQDM_DISABLE`` only when tqdm is imported), so it is swapped for our bar (switched off, or written as
+    plain lines in a log) while the LLM loads.
     """
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
     if progress is None:
         progress = hf_logging.is_progress_bar_enabled()
-    if progress:
-        yield
-        return
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
-
     bar = gguf_utils.tqdm
-    gguf_utils.tqdm = partial(bar, disable=True)
+    gguf_utils.tqdm = partial(progress_bar, disable=not progress)
     try:
         yield
     finally:

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
-from tqdm.auto import tqdm
 
 from clapkit.data.reader import resolve_shards
 from clapkit.data.schema import MANIFEST_NAME, Manifest, SampleMeta, ShardInfo
 from clapkit.io import atomic_write_json
 from clapkit.lalm.chat import AUDIO_TOKEN, chat_generate
+from clapkit.progress import progress_bar
 
 __all__ = [
     "DEFAULT_QUESTIONS",
@@ -192,7 +192,7 @@ def self_label_jsonl(
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f, tqdm(desc="self-label", disable=not progress) as bar:
+        with os.fdopen(fd, "w", encoding="utf-8") as f, progress_bar(desc="self-label", disable=not progress) as bar:
             for batch in _batches(rows(), batch_size):
                 convs = labeler.label([(origin, meta) for origin, _, meta in batch])
                 for (_, raw, _), conv in zip(batch, convs):
@@ -250,7 +250,7 @@ def self_label_shards(
             )
 
         writer.post = finished
-        with tqdm(desc="self-label", disable=not progress) as bar:
+        with progress_bar(desc="self-label", disable=not progress) as bar:
             for batch in _batches(samples(), batch_size):
                 metas = []
                 for s in batch:

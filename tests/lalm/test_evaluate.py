@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jiwer
 import pytest
 import soundfile as sf
 
@@ -11,7 +12,6 @@ from clapkit.lalm.evaluate import (
     abstention_rate,
     cer,
     contains_match,
-    edit_distance,
     exact_match,
     extract_choice,
     extract_label,
@@ -67,17 +67,44 @@ def test_multiple_choice_accuracy():
         multiple_choice_accuracy(["(A)"], [CHOICES], ["horse"])
 
 
-def test_edit_distance_wer_cer():
-    assert edit_distance("kitten", "sitting") == 3
-    assert edit_distance([], ["a", "b"]) == 2
-    assert edit_distance(["a", "b"], ["a", "b"]) == 0
+def test_wer_counts_substitutions_insertions_and_deletions():
+    assert wer(["the cat sat"], ["the cat sit"]) == pytest.approx(1 / 3)  # 1 substitution
+    assert wer(["the cat sat"], ["the black cat sat"]) == pytest.approx(1 / 3)  # 1 insertion
+    assert wer(["the cat sat"], ["the sat"]) == pytest.approx(1 / 3)  # 1 deletion
     # 1 substitution (sat → sit) + 1 deletion (the) over 6 reference words; case and punctuation are ignored.
     assert wer(["The cat sat on the mat."], ["the cat sit on mat"]) == pytest.approx(2 / 6)
-    assert wer(["a b", "c d e"], ["a b", "c x"]) == pytest.approx(2 / 5)  # corpus level, not a mean of rates
-    assert cer(["abcd"], ["abed"]) == pytest.approx(1 / 4)
+
+
+def test_error_rates_are_corpus_level():
+    # 0 + 2 edits over 2 + 3 words = 0.4; the mean of the per-utterance rates would be (0 + 2/3) / 2 ≈ 0.33.
+    assert wer(["a b", "c d e"], ["a b", "c x"]) == pytest.approx(2 / 5)
+    # 1 edit over 1 + 9 characters = 0.1, not the mean (1/1 + 0) / 2.
+    assert cer(["a", "long word"], ["b", "long word"]) == pytest.approx(1 / 10)
+
+
+def test_cer_counts_characters_and_spaces():
+    assert cer(["abcd"], ["abed"]) == pytest.approx(1 / 4)  # substitution
+    assert cer(["abcd"], ["abxcd"]) == pytest.approx(1 / 4)  # insertion
+    assert cer(["abcd"], ["abd"]) == pytest.approx(1 / 4)  # deletion
     assert cer(["ab cd"], ["abcd"]) == pytest.approx(1 / 5)  # the space counts
-    with pytest.raises(ValueError, match="empty"):
-        wer([""], ["x"])
+    assert cer(["Ab,  cd!"], ["ab cd"]) == 0.0  # normalised first: case, punctuation, runs of spaces
+
+
+def test_empty_references():
+    # An empty reference among others: its hypothesis words are insertions against the corpus total.
+    assert wer(["", "a b"], ["x", "a b"]) == pytest.approx(1 / 2)
+    for refs in ([""], ["", " ... "]):  # nothing to score against, even after normalisation
+        with pytest.raises(ValueError, match="references are empty"):
+            wer(refs, ["x"] * len(refs))
+    with pytest.raises(ValueError, match="2 references and 1 hypotheses"):
+        cer(["a", "b"], ["a"])
+
+
+def test_error_rates_are_jiwers_on_normalised_text(monkeypatch):
+    seen = []
+    monkeypatch.setattr(jiwer, "wer", lambda refs, hyps: seen.append((refs, hyps)) or 0.25)
+    assert wer(["Hello,  World!"], ["hello world"]) == 0.25
+    assert seen == [(["hello world"], ["hello world"])]
 
 
 def test_abstention_exact_and_contains():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 import transformers.modeling_gguf_pytorch_utils as gguf_utils
@@ -30,8 +32,14 @@ def test_gguf_bar_follows_progress_and_is_restored(progress, progress_bars_on):
     with _gguf_progress(progress):
         assert gguf_utils.tqdm(range(2)).disable
     assert gguf_utils.tqdm is bar
+
+
+def test_gguf_bar_is_ours_so_a_log_gets_lines(progress_bars_on):
+    log = io.StringIO()
     with _gguf_progress(True):
-        assert gguf_utils.tqdm is bar
+        for _ in gguf_utils.tqdm(range(3), desc=GGUF_BAR, file=log):
+            pass
+    assert "\r" not in log.getvalue() and log.getvalue().splitlines()[-1].startswith(GGUF_BAR)
 
 
 def test_smollm2_loads_offline_without_a_bar_when_asked(capfd):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from clapkit.index import AudioIndex
-from retrieval.__main__ import main
+from retrieval.__main__ import main, parse
 from retrieval.build import build_index
-from retrieval.config import BuildConfig, EmbedConfig, load_config
+from retrieval.config import BuildConfig, EmbedConfig, ServeConfig
 from retrieval.embed import embed_collection, finished_parts
 from tests.retrieval.conftest import embed_config
 
@@ -86,18 +88,49 @@ def test_build_trains_ivf_on_a_sample_across_parts(index_dir, tmp_path):
     assert [h.id for h in index.search(embedding=q, k=1)[0]] == [h.id for h in ref.search(embedding=q, k=1)[0]]
 
 
-def test_cli_and_configs(collection, tmp_path, capsys):
+def test_cli_runs_embed_and_build(collection, tmp_path, capsys):
     out = tmp_path / "parts"
     argv = ["embed", str(collection["audio"]), "--model", str(collection["model"]), "--out", str(out)]
-    assert main([*argv, "--workers", "0", "--part-size", "100"]) == 0
+    assert main([*argv, "--workers", "0", "--part_size", "100"]) == 0
     assert json.loads(capsys.readouterr().out)["windows"] == 15
     assert main(["build", "--parts", str(out), "--out", str(tmp_path / "ix")]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 15
     assert main(["build", "--parts", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "no plan.json" in capsys.readouterr().err
-    for name, cls in (("embed", EmbedConfig), ("build", BuildConfig)):
-        assert isinstance(load_config(cls, f"configs/retrieval/{name}.yaml"), cls)
+
+
+@pytest.mark.parametrize("name, cls", [("embed", EmbedConfig), ("build", BuildConfig), ("serve", ServeConfig)])
+def test_shipped_configs_parse(name, cls):
+    command, cfg = parse([name, "-c", f"configs/retrieval/{name}.yaml"])
+    assert command == name and cfg == cls(**yaml.safe_load(Path(f"configs/retrieval/{name}.yaml").read_text()))
+
+
+def test_defaults_without_a_config():
+    assert parse(["embed"]) == ("embed", EmbedConfig())
+    assert parse(["serve", "--index", "a", "b=c"])[1].indices == ["a", "b=c"]
+
+
+def test_flags_after_the_config_override_it(tmp_path):
+    cfg_file = tmp_path / "embed.yaml"
+    cfg_file.write_text("inputs: [a, b]\nworkers: 1\nout: from-file\n")
+    _, cfg = parse(["embed", "-c", str(cfg_file), "--workers", "3", "--precision", "bf16"])
+    assert (cfg.inputs, cfg.workers, cfg.out, cfg.precision) == (["a", "b"], 3, "from-file", "bf16")
+    _, cfg = parse(["embed", "-c", str(cfg_file), "c"])  # positional inputs replace the file's
+    assert cfg.inputs == ["c"] and cfg.workers == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["embed", "-c", "{cfg}"], "does not accept option 'workerz'"),  # an unknown key in the file
+        (["embed", "--workerz", "3"], "unrecognized arguments: --workerz"),
+        (["embed", "--precision", "fp32"], "precision"),
+        (["build", "--seed", "x"], "seed"),
+    ],
+)
+def test_unknown_keys_and_bad_values_are_refused(argv, message, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("workerz: 3\n")
-    with pytest.raises(ValueError, match="unknown keys.*workerz.*valid keys"):
-        load_config(EmbedConfig, bad)
+    with pytest.raises(SystemExit) as exit_:
+        parse([a.format(cfg=bad) for a in argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

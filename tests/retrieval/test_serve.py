@@ -12,7 +12,8 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 from clapkit.index_sources import read_member
-from retrieval.config import ServeConfig, load_config
+from retrieval.__main__ import parse
+from retrieval.config import ServeConfig
 from retrieval.serve import STATIC_DIR, _Batcher, create_app, load_indices
 from tests.conftest import TINY_RATE, tone
 
@@ -151,7 +152,8 @@ def test_web_page_is_self_contained(client):
 
 
 def test_load_indices_from_config(index_dir, tmp_path):
-    cfg = load_config(ServeConfig, "configs/retrieval/serve.yaml", {"indices": [f"main={index_dir}"]})
+    command, cfg = parse(["serve", "-c", "configs/retrieval/serve.yaml", "--index", f"main={index_dir}"])
+    assert command == "serve" and cfg.indices == [f"main={index_dir}"] and cfg.port == 8000
     indices = load_indices(cfg)
     assert list(indices) == ["main"] and indices["main"].model is not None and indices["main"].read_only
     with pytest.raises(ValueError, match="given twice"):
