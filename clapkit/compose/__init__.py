@@ -5,11 +5,15 @@
 - ``llm``: the same jobs done by a causal LM, with a prompt template, validation and an on-disk cache.
 - ``scenes``: scenes built from labeled single-event clips, with captions, positives, negatives and
   counterfactual audio.
+- ``templates``: the scenes' caption templates, in a training pool and a held-out test pool.
+- ``waveform``: the scenes' loudness, trimming, cutting, speed changes and FLAC encoding.
+- ``benchmark``: held-out class pairs, training scenes without them, and the CompA-format benchmark.
 """
 
 from clapkit.compose.captions import NEGATIVE_RULES, analyze, compare_compositions, hard_negatives, paraphrases
 from clapkit.compose.lexicon import Lexicon
-from clapkit.compose.scenes import TEMPLATES, ComposerConfig, EventClip, EventPhrase, Scene, SceneComposer
+from clapkit.compose.scenes import ComposerConfig, EventClip, EventPhrase, Scene, SceneComposer
+from clapkit.compose.templates import TEMPLATES
 
 __all__ = [
     "NEGATIVE_RULES",
