@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from clapkit.compose.captions import _stem, analyze, compare_compositions, content_words
+from clapkit.compose.captions import _stem, compare_compositions, content_words
+from clapkit.compose.composition import analyze
 from clapkit.compose.lexicon import Lexicon
 
 __all__ = ["DEFAULT_PROMPTS", "GenerationCache", "LLMCaptionWriter", "PromptTemplate", "parse_completion", "validate"]

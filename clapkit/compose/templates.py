@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from clapkit.compose.captions import CONNECTIVES
+from clapkit.compose.composition import CONNECTIVES
 from clapkit.compose.lexicon import Lexicon
 
 __all__ = ["TEMPLATES", "TemplatePool", "template_glue", "without_connectives"]
