@@ -31,6 +31,7 @@ from clapkit.audio import load_audio
 from clapkit.compose.captions import hard_negatives, paraphrases
 from clapkit.compose.lexicon import Lexicon
 from clapkit.compose.scenes import ComposerConfig, EventClip, Scene, SceneComposer
+from clapkit.compose.waveform import to_flac
 from clapkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from clapkit.progress import progress_bar
 
@@ -102,19 +103,11 @@ def preload_clips(clips: Sequence[EventClip], sample_rate: int) -> list[EventCli
     return out
 
 
-def _flac(wave: np.ndarray, rate: int) -> bytes:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, wave, rate, format="FLAC", subtype="PCM_24")
-    return buf.getvalue()
-
-
 def _write_pair(directory: Path, stem: str, scene: Scene) -> tuple[str, str]:
     """Scene audio and its counterfactual as FLAC; returns their names relative to ``directory``."""
     names = (f"{stem}.flac", f"{stem}.counterfactual.flac")
     for name, wave in zip(names, (scene.audio, scene.counterfactual_audio)):
-        atomic_write_bytes(directory / name, _flac(wave, scene.sample_rate))
+        atomic_write_bytes(directory / name, to_flac(wave, scene.sample_rate))
     return names
 
 
@@ -270,17 +263,7 @@ def write_compositional_benchmark(
         pool: Template pool of the captions (``"test"``: phrasings the ``"train"`` pool never uses).
     """
     directory = Path(directory)
-    unknown = set(counts) - set(BENCHMARK_KINDS)
-    if unknown:
-        raise ValueError(f"counts: unknown benchmarks {sorted(unknown)}; valid: {', '.join(BENCHMARK_KINDS)}")
-    if not pairs:
-        raise ValueError("write_compositional_benchmark: no class pairs given")
-    by_label: dict[str, list[EventClip]] = {}
-    for clip in clips:
-        by_label.setdefault(clip.label, []).append(clip)
-    lacking = sorted({label for p in pairs for label in p if label not in by_label})
-    if lacking:
-        raise ValueError(f"pairs use labels without clips: {', '.join(lacking)}; drop those pairs")
+    by_label = _clips_by_label(clips, pairs, counts)
     # Only the benchmark kinds are composed; other kind weights of the caller's config do not matter here.
     config = replace(config or ComposerConfig(), kinds={BENCHMARK_KINDS[name]: 1.0 for name in counts})
     composers: dict[Pair, SceneComposer] = {}
@@ -295,31 +278,16 @@ def write_compositional_benchmark(
     written: dict[str, Any] = {"pairs": len(pairs), "pool": pool}
     retrieval, items = [], []
     for bench_index, (name, rows) in enumerate(counts.items()):
-        kind = BENCHMARK_KINDS[name]
-        order = rng.permutation(len(pairs))
+        chosen = [tuple(pairs[int(k)]) for k in rng.permutation(len(pairs))]  # row i combines chosen[i mod P]
         table = [COMPA_COLUMNS]
         for i in progress_bar(range(rows), desc=name, unit="pair", disable=not progress):
-            pair = tuple(pairs[int(order[i % len(pairs)])])
+            pair = chosen[i % len(pairs)]
             scene_seed = (seed, bench_index, i)
-            scene = composer_for(pair).compose(scene_seed, kind=kind)
-            audio, counter = _write_pair(directory / "audio", f"{name}_{i:05d}", scene)
-            audio, counter = f"audio/{audio}", f"audio/{counter}"
-            table.append((scene.caption, scene.counterfactual_caption, "-", audio, counter, "-"))
-            retrieval += [
-                {"path": audio, "captions": [scene.caption]},
-                {"path": counter, "captions": [scene.counterfactual_caption]},
-            ]
-            items.append(
-                {
-                    "benchmark": name,
-                    "row": i,
-                    "classes": list(pair),
-                    "kind": kind,
-                    "seed": list(scene_seed),
-                    "captions": [scene.caption, scene.counterfactual_caption],
-                    "events": scene.events,
-                }
-            )
+            scene = composer_for(pair).compose(scene_seed, kind=BENCHMARK_KINDS[name])
+            row, listed, item = _benchmark_row(directory, name, i, pair, scene_seed, scene)
+            table.append(row)
+            retrieval += listed
+            items.append(item)
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(table)
         written[name] = str(atomic_write_text(directory / f"{name}.csv", buf.getvalue()))
@@ -332,3 +300,47 @@ def write_compositional_benchmark(
     written["skipped_clips"] = skipped
     atomic_write_json(directory / "summary.json", written)
     return written
+
+
+def _clips_by_label(
+    clips: Sequence[EventClip], pairs: Sequence[Pair], counts: dict[str, int]
+) -> dict[str, list[EventClip]]:
+    """The clips of each label, once ``counts`` is known to name benchmarks and every pair to have clips."""
+    unknown = set(counts) - set(BENCHMARK_KINDS)
+    if unknown:
+        raise ValueError(f"counts: unknown benchmarks {sorted(unknown)}; valid: {', '.join(BENCHMARK_KINDS)}")
+    if not pairs:
+        raise ValueError("write_compositional_benchmark: no class pairs given")
+    by_label: dict[str, list[EventClip]] = {}
+    for clip in clips:
+        by_label.setdefault(clip.label, []).append(clip)
+    lacking = sorted({label for p in pairs for label in p if label not in by_label})
+    if lacking:
+        raise ValueError(f"pairs use labels without clips: {', '.join(lacking)}; drop those pairs")
+    return by_label
+
+
+def _benchmark_row(
+    directory: Path, name: str, row: int, pair: Pair, scene_seed: tuple[int, int, int], scene: Scene
+) -> tuple[tuple[str, ...], list[dict[str, Any]], dict[str, Any]]:
+    """Write one benchmark row's scene and counterfactual under ``audio/``.
+
+    Returns:
+        The CSV row (``COMPA_COLUMNS``), its two ``retrieval.jsonl`` entries and its ``items.jsonl`` entry.
+    """
+    audio, counter = _write_pair(directory / "audio", f"{name}_{row:05d}", scene)
+    audio, counter = f"audio/{audio}", f"audio/{counter}"
+    listed = [
+        {"path": audio, "captions": [scene.caption]},
+        {"path": counter, "captions": [scene.counterfactual_caption]},
+    ]
+    item = {
+        "benchmark": name,
+        "row": row,
+        "classes": list(pair),
+        "kind": scene.kind,
+        "seed": list(scene_seed),
+        "captions": [scene.caption, scene.counterfactual_caption],
+        "events": scene.events,
+    }
+    return (scene.caption, scene.counterfactual_caption, "-", audio, counter, "-"), listed, item

@@ -1,7 +1,8 @@
 """Rule-based compositional captions: hard negatives that describe a different scene, paraphrases that don't.
 
 A caption is split at its temporal connectives ("followed by", "before", "after", "then", "while", "as",
-"amid", "together with", …) into event segments. The rules of ``NEGATIVE_RULES`` rewrite that structure:
+"amid", "together with", …) into event segments (``clapkit.compose.composition``). The rules of
+``NEGATIVE_RULES`` rewrite that structure:
 
 - ``order_swap``: "A followed by B" → "B followed by A"; "A before B" → "A after B"; 3-event reorders.
 - ``relation_swap``: sequence ↔ overlap: "A followed by B" → "A while B"; "A while B" → "A followed by B".
@@ -20,19 +21,15 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
+from clapkit.compose.composition import CONNECTIVES_BY_PHRASE, LEADING_CONNECTIVES, Composition, analyze
 from clapkit.compose.lexicon import Lexicon
 from clapkit.registry import Registry
 
 __all__ = [
-    "CONNECTIVES",
     "NEGATIVE_RULES",
-    "Composition",
-    "Connective",
-    "analyze",
     "compare_compositions",
     "content_words",
     "fix_articles",
@@ -40,76 +37,8 @@ __all__ = [
     "paraphrases",
 ]
 
-Relation = Literal["sequence", "overlap", "unordered"]
-
-
-@dataclass(frozen=True)
-class Connective:
-    """A word or phrase that relates two events in time.
-
-    Attributes:
-        phrase: Lower-case text ("followed by").
-        relation: "sequence", "overlap" or "unordered" ("and": no temporal claim).
-        forward: For sequences, whether the left event happens first ("before": yes, "after": no).
-        symmetric: For overlaps, whether swapping the sides keeps the meaning ("while": yes, "amid": no —
-            the left event is in the foreground).
-        mirror: The connective that says the same with the sides swapped ("before" ↔ "after").
-        pattern: Regex for the phrase when it needs guards ("as" but not "as if").
-    """
-
-    phrase: str
-    relation: Relation
-    forward: bool = True
-    symmetric: bool = True
-    mirror: str | None = None
-    pattern: str | None = None
-
-
-CONNECTIVES: tuple[Connective, ...] = (
-    Connective("followed by", "sequence", mirror="preceded by"),
-    Connective("preceded by", "sequence", forward=False, mirror="followed by"),
-    Connective("before", "sequence", mirror="after"),
-    Connective("after", "sequence", forward=False, mirror="before"),
-    Connective("and then", "sequence"),
-    Connective("then", "sequence"),
-    Connective("and afterwards", "sequence"),
-    Connective("after which", "sequence"),
-    Connective("and later", "sequence"),
-    Connective("and subsequently", "sequence"),
-    Connective("and finally", "sequence"),
-    Connective("following", "sequence", forward=False),
-    Connective("while", "overlap"),
-    Connective("whilst", "overlap"),
-    Connective(
-        "as",
-        "overlap",
-        pattern=r"(?<!well\s)(?<!same\s)(?<!soon\s)(?<!long\s)(?<!such\s)"
-        r"as(?!\s+(?:if|though|well|soon|long|much|many|far|a result)\b)",
-    ),
-    Connective("together with", "overlap"),
-    Connective("along with", "overlap"),
-    Connective("alongside", "overlap"),
-    Connective("at the same time as", "overlap"),
-    Connective("simultaneously with", "overlap"),
-    Connective("and meanwhile", "overlap"),
-    Connective("amidst", "overlap", symmetric=False),
-    Connective("amid", "overlap", symmetric=False),
-    Connective("and", "unordered"),
-)
-_BY_PHRASE = {c.phrase: c for c in CONNECTIVES}
-# Subordinate clause first: "After A, B" (A first), "Before A, B" (B first), "While A, B" (together).
-_LEADING = {
-    "after": Connective("after", "sequence", mirror="before"),
-    "once": Connective("once", "sequence"),
-    "following": Connective("following", "sequence"),
-    "before": Connective("before", "sequence", forward=False, mirror="after"),
-    "while": Connective("while", "overlap"),
-    "as": Connective("as", "overlap"),
-    "when": Connective("when", "overlap"),
-}
 _SEQUENCE_TO_OVERLAP = ("while", "as", "together with")
 _OVERLAP_TO_SEQUENCE = ("followed by", "before", "then")
-_PREFIX = re.compile(r"^(first(?:ly)?|initially|at first)\s*,?\s+", re.IGNORECASE)
 _DETERMINERS = frozenset(
     [
         "a",
@@ -137,116 +66,6 @@ _DETERMINERS = frozenset(
 _AUXILIARIES = frozenset(
     ["is", "are", "was", "were", "can", "could", "keeps", "keep", "starts", "start", "begins", "begin"]
 )
-_MIN_SEGMENT_WORDS = 2
-
-
-def _infix_regex() -> re.Pattern:
-    parts = sorted(CONNECTIVES, key=lambda c: -len(c.phrase))
-    alternation = "|".join(f"(?P<c{i}>{c.pattern or re.escape(c.phrase)})" for i, c in enumerate(parts))
-    return re.compile(rf"(?:\s*,\s*|\s+)(?:{alternation})(?=\s)\s*", re.IGNORECASE), parts
-
-
-_INFIX, _INFIX_ORDER = _infix_regex()
-_LEADING_RE = re.compile(rf"^({'|'.join(_LEADING)})\s+(.+?)\s*,\s*(.+)$", re.IGNORECASE)
-
-
-def _decap(text: str) -> str:
-    """Lower the first letter unless the word is an acronym ("TV")."""
-    if len(text) > 1 and text[0].isupper() and not text[1].isupper():
-        return text[0].lower() + text[1:]
-    return text
-
-
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
-@dataclass
-class Composition:
-    """A caption split into event segments joined by connectives.
-
-    Attributes:
-        segments: Event descriptions in written order, first letter lowered.
-        links: The connective between segment i and i + 1 (for ``leading`` captions: the leading word).
-        joins: The original text of each link, spaces and commas included (reused when a link is kept).
-        leading: "After A, B" form.
-        prefix: A kept opening word ("first ").
-        capital: The caption started with a capital letter.
-        end: Final punctuation.
-    """
-
-    segments: list[str]
-    links: list[Connective]
-    joins: list[str] = field(default_factory=list)
-    leading: bool = False
-    prefix: str = ""
-    capital: bool = True
-    end: str = ""
-
-    def render(self, segments: Sequence[str] | None = None, links: Sequence[Connective] | None = None) -> str:
-        """The caption with some segments or links replaced (unchanged links keep their original text)."""
-        segments = list(self.segments if segments is None else segments)
-        new_links = list(self.links if links is None else links)
-        if self.leading:
-            text = f"{new_links[0].phrase} {segments[0]}, {segments[1]}"
-        else:
-            pieces = [self.prefix + segments[0]]
-            for i, link in enumerate(new_links):
-                kept = link == self.links[i]
-                join = self.joins[i] if kept else (", then " if link.phrase == "then" else f" {link.phrase} ")
-                pieces += [join, segments[i + 1]]
-            text = "".join(pieces)
-        return (_cap(text) if self.capital else text) + self.end
-
-    def timeline(self) -> list[list[int]] | None:
-        """Segment indices grouped by time, earliest first ([[0], [1]] = 0 then 1; [[0, 1]] = together).
-
-        ``None`` when the caption does not say (an "and", or sequence links that point both ways).
-        """
-        relations = {link.relation for link in self.links}
-        n = len(self.segments)
-        if relations == {"overlap"} and n == 2:
-            return [[0, 1]]
-        if relations != {"sequence"}:
-            return None
-        directions = {link.forward for link in self.links}
-        if len(directions) != 1:
-            return None
-        order = list(range(n)) if directions.pop() else list(reversed(range(n)))
-        return [[i] for i in order]
-
-
-def analyze(caption: str) -> Composition | None:
-    """Split a caption at its connectives; ``None`` when it has none (or a side is too short to be an event)."""
-    text = caption.strip()
-    end = ""
-    match = re.search(r"[.!?]+$", text)
-    if match:
-        text, end = text[: match.start()].rstrip(), match.group()
-    capital = text[:1].isupper()
-    text = _decap(text)
-    leading = _LEADING_RE.match(text)
-    if leading:
-        word, first, second = leading.groups()
-        segments = [_decap(first), _decap(second)]
-        if any(len(s.split()) < _MIN_SEGMENT_WORDS for s in segments) or _INFIX.search(" " + first + " "):
-            return None
-        return Composition(segments, [_LEADING[word.lower()]], leading=True, capital=capital, end=end)
-    prefix = ""
-    match = _PREFIX.match(text)
-    if match:
-        prefix, text = match.group(0), text[match.end() :]
-    segments, links, joins, start = [], [], [], 0
-    for match in _INFIX.finditer(text):
-        name = next(k for k, v in match.groupdict().items() if v is not None)
-        segments.append(text[start : match.start()])
-        links.append(_INFIX_ORDER[int(name[1:])])
-        joins.append(match.group(0))
-        start = match.end()
-    segments.append(text[start:])
-    if not links or any(len(s.split()) < _MIN_SEGMENT_WORDS for s in segments):
-        return None
-    return Composition([_decap(s) for s in segments], links, joins, prefix=prefix, capital=capital, end=end)
 
 
 # ---------------------------------------------------------------------------------------------- word helpers
@@ -300,7 +119,7 @@ def fix_articles(text: str) -> str:
 
 
 def _match_case(template: str, word: str) -> str:
-    return _cap(word) if template[:1].isupper() else word
+    return word[:1].upper() + word[1:] if template[:1].isupper() else word
 
 
 def _split_subject(segment: str, lexicon: Lexicon) -> tuple[str, str] | None:
@@ -396,7 +215,7 @@ def order_swap(caption: str, comp: Composition | None, lexicon: Lexicon, rng: ra
     out = [comp.render(segments=[comp.segments[i] for i in order]) for order in orders]
     mirror = comp.links[0].mirror
     if n == 2 and mirror:
-        flipped = _LEADING[mirror] if comp.leading else _BY_PHRASE[mirror]
+        flipped = LEADING_CONNECTIVES[mirror] if comp.leading else CONNECTIVES_BY_PHRASE[mirror]
         out.append(comp.render(links=[flipped]))
     return out
 
@@ -414,7 +233,7 @@ def relation_swap(caption: str, comp: Composition | None, lexicon: Lexicon, rng:
     else:
         return []
     phrase = rng.choice(choices)
-    return [comp.render(links=[_LEADING[phrase] if comp.leading else _BY_PHRASE[phrase]])]
+    return [comp.render(links=[LEADING_CONNECTIVES[phrase] if comp.leading else CONNECTIVES_BY_PHRASE[phrase]])]
 
 
 @NEGATIVE_RULES.register("binding_swap")
@@ -532,7 +351,11 @@ def paraphrases(
         link = comp.links[0]
         swapped = comp.segments[::-1]
         if link.relation == "sequence" and link.mirror:
-            out.append(comp.render(swapped, [_LEADING[link.mirror] if comp.leading else _BY_PHRASE[link.mirror]]))
+            out.append(
+                comp.render(
+                    swapped, [LEADING_CONNECTIVES[link.mirror] if comp.leading else CONNECTIVES_BY_PHRASE[link.mirror]]
+                )
+            )
         elif link.relation == "overlap" and link.symmetric:
             out.append(comp.render(swapped))
     _, synonym_re, surfaces = _lexicon_regexes(lexicon)

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from clapkit.compose.captions import _stem, analyze, compare_compositions, content_words
+from clapkit.compose.captions import _stem, compare_compositions, content_words
+from clapkit.compose.composition import analyze
 from clapkit.compose.lexicon import Lexicon
 from clapkit.progress import progress_bar
 

@@ -12,50 +12,37 @@ and hard negatives that describe a different scene built from the same events (r
 vs overlap, swapped binding), plus the audio of one of those scenes — its counterfactual (the same clips
 reversed, in sequence, or with the attributes swapped) — for audio-side negatives.
 
-Captions come from template pools, not one template: ``TEMPLATES["train"]`` and ``TEMPLATES["test"]`` use
-disjoint connectives ("followed by", "then", "while", … vs "precedes", "after which", "alongside", …), so a
-held-out benchmark composed with ``pool="test"`` asks for phrasings training never saw.
+Captions come from template pools, not one template (``clapkit.compose.templates``): ``TEMPLATES["train"]`` and
+``TEMPLATES["test"]`` use disjoint connectives ("followed by", "then", "while", … vs "precedes", "after which",
+"alongside", …), so a held-out benchmark composed with ``pool="test"`` asks for phrasings training never saw.
 
 Every scene is deterministic given its seed, each event is loudness-normalised (ITU-R BS.1770 via
-``torchaudio.functional.loudness``) before gains and SNRs are applied, the mix is normalised to a target
-loudness and scaled down if its peak would pass ``peak`` — never clipped.
+``torchaudio.functional.loudness``, see ``clapkit.compose.waveform``) before gains and SNRs are applied, the mix is
+normalised to a target loudness and scaled down if its peak would pass ``peak`` — never clipped.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import re
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import soundfile as sf
-import torch
-import torchaudio.functional as AF
 
 from clapkit import audio as audio_io
-from clapkit.compose.captions import CONNECTIVES, fix_articles, paraphrases
+from clapkit.compose import waveform
+from clapkit.compose.captions import fix_articles, paraphrases
 from clapkit.compose.lexicon import Lexicon
+from clapkit.compose.templates import TEMPLATES, without_connectives
 from clapkit.io import atomic_write_bytes, atomic_write_text
 from clapkit.progress import progress_bar
 
-__all__ = [
-    "KINDS",
-    "TEMPLATES",
-    "ComposerConfig",
-    "EventClip",
-    "EventPhrase",
-    "Scene",
-    "SceneComposer",
-    "TemplatePool",
-    "phrase_for",
-]
+__all__ = ["KINDS", "ComposerConfig", "EventClip", "EventPhrase", "Scene", "SceneComposer", "phrase_for"]
 
 Kind = Literal["sequence", "overlap", "sequence3", "attribute"]
 KINDS: tuple[str, ...] = ("sequence", "overlap", "sequence3", "attribute")
@@ -97,90 +84,6 @@ def phrase_for(label: str) -> EventPhrase:
     """The packaged phrase for a label ("dog" → "a dog" / "barks" / "barking"), else "a <label> sound plays"."""
     key = " ".join(label.replace("_", " ").replace("-", " ").lower().split())
     return _event_table().get(key) or EventPhrase(f"a {key} sound", "plays", "playing")
-
-
-# ---------------------------------------------------------------------------------------------- templates
-@dataclass(frozen=True)
-class TemplatePool:
-    """Caption templates per scene kind; fields ``{a.clause}``, ``{a.noun}`` (``b``, ``c`` likewise).
-
-    Attributes:
-        sequence: A happens, then B.
-        overlap: A and B together; swapping A and B keeps the meaning.
-        foreground: A and B together with A in the foreground (A louder than B); swapping A and B does not.
-        sequence3: A, then B, then C.
-    """
-
-    sequence: tuple[str, ...]
-    overlap: tuple[str, ...]
-    foreground: tuple[str, ...]
-    sequence3: tuple[str, ...]
-
-
-TEMPLATES: dict[str, TemplatePool] = {
-    "train": TemplatePool(
-        sequence=(
-            "{a.clause}, followed by {b.noun}",
-            "{a.noun} followed by {b.noun}",
-            "{a.clause}, then {b.clause}",
-            "{a.clause} and then {b.clause}",
-            "{a.clause} before {b.clause}",
-            "{b.clause} after {a.clause}",
-            "first {a.clause}, then {b.clause}",
-            "after {a.clause}, {b.clause}",
-        ),
-        overlap=(
-            "{a.clause} while {b.clause}",
-            "{a.clause} as {b.clause}",
-            "{a.noun} together with {b.noun}",
-            "while {a.clause}, {b.clause}",
-        ),
-        foreground=(
-            "{a.clause} amidst {b.noun}",
-            "{a.clause} with {b.noun} in the background",
-        ),
-        sequence3=(
-            "{a.clause}, then {b.clause}, then {c.clause}",
-            "{a.noun} followed by {b.noun} and then {c.noun}",
-            "first {a.clause}, then {b.clause}, and then {c.clause}",
-            "{a.clause} before {b.clause}, then {c.clause}",
-        ),
-    ),
-    "test": TemplatePool(
-        sequence=(
-            "{a.clause}, and afterwards {b.clause}",
-            "{a.clause}, after which {b.clause}",
-            "{a.clause} and subsequently {b.clause}",
-            "{a.noun} precedes {b.noun}",
-            "{b.noun} follows {a.noun}",
-            "{a.noun} gives way to {b.noun}",
-            "once {a.clause}, {b.clause}",
-            "{a.clause} and later {b.clause}",
-        ),
-        overlap=(
-            "{a.clause} whilst {b.clause}",
-            "{a.noun} alongside {b.noun}",
-            "{a.clause} at the same time as {b.clause}",
-            "{a.noun} simultaneously with {b.noun}",
-            "{a.clause}, and meanwhile {b.clause}",
-        ),
-        foreground=(
-            "{a.clause} amid {b.noun}",
-            "{a.noun} heard over {b.noun}",
-        ),
-        sequence3=(
-            "{a.clause}, after which {b.clause}, and finally {c.clause}",
-            "{a.noun} precedes {b.noun}, and afterwards {c.clause}",
-            "{a.clause} and later {b.clause}, and subsequently {c.clause}",
-        ),
-    ),
-}
-TEMPLATES["all"] = TemplatePool(
-    sequence=TEMPLATES["train"].sequence + TEMPLATES["test"].sequence,
-    overlap=TEMPLATES["train"].overlap + TEMPLATES["test"].overlap,
-    foreground=TEMPLATES["train"].foreground + TEMPLATES["test"].foreground,
-    sequence3=TEMPLATES["train"].sequence3 + TEMPLATES["test"].sequence3,
-)
 
 
 def _render(template: str, *events: _Said) -> str:
@@ -334,48 +237,6 @@ _ATTRIBUTES = {  # dimension → ((attribute, adverb), (opposite, adverb))
 }
 
 
-# ---------------------------------------------------------------------------------------------- signal helpers
-def _loudness(wave: np.ndarray, rate: int) -> float:
-    """Integrated loudness (LUFS); clips shorter than one 400 ms gating block are tiled to measure them."""
-    block = int(0.4 * rate) + 1
-    if len(wave) < block:
-        wave = np.tile(wave, math.ceil(block / max(len(wave), 1)))
-    value = AF.loudness(torch.from_numpy(wave.astype(np.float32))[None], rate).item()
-    return value if math.isfinite(value) else -math.inf
-
-
-def _normalise(wave: np.ndarray, rate: int, lufs: float) -> np.ndarray:
-    current = _loudness(wave, rate)
-    if not math.isfinite(current):
-        return wave
-    return wave * 10 ** ((lufs - current) / 20)
-
-
-def _trim(wave: np.ndarray, trim_db: float | None) -> np.ndarray:
-    if trim_db is None:
-        return wave
-    loud = np.flatnonzero(np.abs(wave) >= np.abs(wave).max() * 10 ** (-trim_db / 20))
-    return wave[loud[0] : loud[-1] + 1]
-
-
-def _cut(wave: np.ndarray, samples: int, fade: int) -> np.ndarray:
-    if len(wave) <= samples:
-        return wave
-    out = wave[:samples].copy()
-    fade = min(fade, samples)
-    out[samples - fade :] *= np.linspace(1.0, 0.0, fade)
-    return out
-
-
-def _speed(wave: np.ndarray, factor: float) -> np.ndarray:
-    """Play ``factor`` times faster (shorter and higher) by resampling."""
-    if factor == 1.0:
-        return wave
-    orig, new = round(1000 * factor), 1000
-    g = math.gcd(orig, new)
-    return AF.resample(torch.from_numpy(wave), orig // g, new // g).numpy()
-
-
 # ---------------------------------------------------------------------------------------------- the composer
 class SceneComposer:
     """Builds ``Scene`` s from labeled single-event clips.
@@ -402,7 +263,7 @@ class SceneComposer:
             raise ValueError(f"pool {pool!r}: expected one of {', '.join(TEMPLATES)}")
         self.pool = pool
         self.templates = TEMPLATES[pool]
-        self.lexicon = _without_connectives(lexicon or Lexicon.default())
+        self.lexicon = without_connectives(lexicon or Lexicon.default())
         self.skipped: list[str] = []
         self.clips: dict[str, list[tuple[np.ndarray, EventClip]]] = {}
         for index, clip in enumerate(clips):
@@ -416,8 +277,8 @@ class SceneComposer:
                 continue
             wave = loaded.numpy().astype(np.float64)
             if np.any(wave):
-                wave = _trim(wave, self.config.trim_db)
-            if not math.isfinite(_loudness(wave, self.config.sample_rate)):
+                wave = waveform.trim(wave, self.config.trim_db)
+            if not math.isfinite(waveform.loudness(wave, self.config.sample_rate)):
                 self.skipped.append(f"{name}: silent; expected an audible event")
                 continue
             self.clips.setdefault(clip.label, []).append((wave, clip))
@@ -467,7 +328,7 @@ class SceneComposer:
                 (f"{key}.flac", scene.audio),
                 (f"{key}.counterfactual.flac", scene.counterfactual_audio),
             ):
-                atomic_write_bytes(directory / name, _flac(wave, scene.sample_rate))
+                atomic_write_bytes(directory / name, waveform.to_flac(wave, scene.sample_rate))
             record = {"audio": f"{key}.flac", **scene.metadata(), "counterfactual_audio": f"{key}.counterfactual.flac"}
             lines.append(json.dumps(record))
         return atomic_write_text(directory / "scenes.jsonl", "\n".join(lines) + "\n")
@@ -490,8 +351,8 @@ class SceneComposer:
         limit = int(min(cfg.max_event_seconds, budget) * rate)
         out = []
         for event in events:
-            wave = _cut(_speed(event.audio, event.speed), limit, int(cfg.fade_seconds * rate))
-            out.append(_normalise(wave, rate, cfg.event_lufs) * 10 ** (event.gain_db / 20))
+            wave = waveform.cut(waveform.change_speed(event.audio, event.speed), limit, int(cfg.fade_seconds * rate))
+            out.append(waveform.normalise(wave, rate, cfg.event_lufs) * 10 ** (event.gain_db / 20))
         return out
 
     def _budget(self, count: int, gaps: float) -> float:
@@ -531,7 +392,7 @@ class SceneComposer:
     def _finish(self, wave: np.ndarray) -> np.ndarray:
         """Normalise to the target loudness, then scale down (never clip) if the peak passes ``peak``."""
         cfg = self.config
-        wave = _normalise(wave, cfg.sample_rate, cfg.target_lufs)
+        wave = waveform.normalise(wave, cfg.sample_rate, cfg.target_lufs)
         top = np.abs(wave).max()
         if top > cfg.peak:
             wave = wave * (cfg.peak / top)
@@ -713,29 +574,3 @@ class SceneComposer:
         return self._scene(
             "attribute", audio, counter, caption, counter_caption, negatives, positives, self._describe(actual, spans)
         )
-
-
-def _without_connectives(lexicon: Lexicon) -> Lexicon:
-    """The lexicon without synonyms that touch a connective ("while" → "whilst" would leak a test phrasing)."""
-    words = {c.phrase for c in CONNECTIVES}
-    for pool in TEMPLATES.values():
-        for templates in asdict(pool).values():
-            for template in templates:
-                words.update(part.strip(" ,").lower() for part in _template_glue(template))
-    synonyms = {
-        key: values
-        for key, values in lexicon.synonyms.items()
-        if key not in words and not any(v in words for v in values)
-    }
-    return Lexicon(synonyms, dict(lexicon.antonyms), set(lexicon.sound_verbs))
-
-
-def _template_glue(template: str) -> list[str]:
-    """The words of a template around its fields: "{a.clause} before {b.clause}" → ["before"]."""
-    return [part for part in re.split(r"\{[abc]\.(?:clause|noun)\}", template) if part.strip(" ,")]
-
-
-def _flac(wave: np.ndarray, rate: int) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, wave, rate, format="FLAC", subtype="PCM_24")
-    return buf.getvalue()

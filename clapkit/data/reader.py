@@ -10,7 +10,8 @@ Stages (webdataset's unless marked)::
     shuffle      a buffer of still-encoded samples (training)
     batch        (clapkit) per sample: metadata → pick a caption → positives / negatives; the audio decoded
                  (only the clip's window of longer audio) → resampled → cropped / padded straight into its row
-                 of the batch tensor, and the same for the counterfactual audio when asked for → :func:`collate`
+                 of the batch tensor, and the same for the counterfactual audio when asked for
+                 → :func:`clapkit.data.batch.collate`
 
 Corrupt samples and shards never stop a run: they are skipped and counted in :class:`ReaderStats`,
 which DataLoader workers share with the main process.
@@ -18,7 +19,6 @@ which DataLoader workers share with the main process.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import random
@@ -28,17 +28,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import soundfile as sf
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
-from clapkit.audio import PadMode, fit_length, load_audio
+from clapkit.audio import PadMode
+from clapkit.data.batch import batch_tensor, collate
+from clapkit.data.decode import read_clip
 from clapkit.data.files import AUDIO_EXTENSIONS
 from clapkit.data.schema import COUNTERFACTUAL_PREFIX, MANIFEST_NAME, SampleMeta, load_manifest
 
-__all__ = ["COUNTERS", "ReaderConfig", "ReaderStats", "ShardLoader", "ShardReader", "collate", "resolve_shards"]
+__all__ = ["COUNTERS", "ReaderConfig", "ReaderStats", "ShardLoader", "ShardReader", "resolve_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -189,61 +190,6 @@ def resolve_shards(shards: str | Path | Sequence[str | Path]) -> tuple[list[str]
     if not urls:
         raise ValueError(f"{shards}: no shards to read; expected a shard folder, a manifest, a pattern or a list")
     return urls, counts
-
-
-def _batch_tensor(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """An uninitialised tensor; inside a DataLoader worker it is made in shared memory (as ``default_collate``
-    does), so handing the batch to the main process copies nothing."""
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
-
-
-def _time_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
-    """[B, size] bool, ``True`` on the first ``lengths[b]`` samples of row b."""
-    mask = _batch_tensor(len(lengths), size, dtype=torch.bool).fill_(True)  # cheaper than comparing B × T positions
-    for row, n in enumerate(lengths.tolist()):
-        mask[row, n:] = False
-    return mask
-
-
-def collate(
-    samples: Sequence[dict[str, Any]], audio: torch.Tensor | None = None, counterfactual: torch.Tensor | None = None
-) -> dict[str, Any]:
-    """Gather decoded samples into a batch.
-
-    Args:
-        samples: Per sample ``length``, ``caption``, ``positives``, ``negatives``, ``labels``, ``key``,
-            ``extra``; ``audio`` [T] unless the batch's audio is given; ``counterfactual_length`` (0: none) and,
-            unless given, ``counterfactual`` [T] for batches with counterfactual audio.
-        audio: The samples' audio already in one tensor [B, T] (the reader decodes straight into it).
-        counterfactual: The same for their counterfactual audio [B, T] (zeros where a sample has none).
-
-    Returns:
-        ``audio`` [B, T] float32; ``lengths`` [B] samples of the clip before padding; ``audio_mask`` [B, T]
-        (``True`` on those samples; with ``repeatpad`` the tiled copies are real audio too, so LAION-style
-        models ignore the mask); ``captions`` (B strings); ``positives``, ``negatives``, ``labels`` (B lists
-        of strings, of any length); ``keys``; ``extra`` (B dicts of the samples' other metadata fields).
-        With counterfactual audio also ``counterfactual`` [B, T] float32 (crop / pad as ``audio``; zeros for
-        samples without one), ``counterfactual_lengths`` [B] (0 for those) and ``has_counterfactual`` [B] bool.
-    """
-    if audio is None:
-        # default_collate stacks straight into shared memory inside a DataLoader worker (one copy less per batch).
-        audio = default_collate([s["audio"] for s in samples])  # [B, T]
-    lengths = torch.tensor([s["length"] for s in samples], dtype=torch.long)  # [B]
-    out: dict[str, Any] = {"audio": audio, "lengths": lengths, "audio_mask": _time_mask(lengths, audio.shape[1])}
-    for name, key in (("captions", "caption"), ("positives", "positives"), ("negatives", "negatives")):
-        out[name] = [s[key] for s in samples]
-    out["labels"] = [s["labels"] for s in samples]
-    out["keys"] = [s["key"] for s in samples]
-    out["extra"] = [s["extra"] for s in samples]
-    if counterfactual is not None or "counterfactual_length" in samples[0]:
-        if counterfactual is None:
-            counterfactual = default_collate([s["counterfactual"] for s in samples])  # [B, T]
-        cf_lengths = torch.tensor([s["counterfactual_length"] for s in samples], dtype=torch.long)  # [B]
-        out.update(counterfactual=counterfactual, counterfactual_lengths=cf_lengths, has_counterfactual=cf_lengths > 0)
-    return out
 
 
 class ShardReader(IterableDataset):
@@ -429,8 +375,8 @@ class ShardReader(IterableDataset):
         audio = counterfactual = None
         for sample in samples:
             if audio is None:
-                audio = _batch_tensor(size, clip)  # [B, T]
-                counterfactual = _batch_tensor(size, clip) if cfg.counterfactuals else None  # [B, T]
+                audio = batch_tensor(size, clip)  # [B, T]
+                counterfactual = batch_tensor(size, clip) if cfg.counterfactuals else None  # [B, T]
             row = len(items)
             cf_row = None if counterfactual is None else counterfactual[row]
             item = self.decode(sample, rng=rng, generator=generator, out=audio[row], counterfactual_out=cf_row)
@@ -509,49 +455,11 @@ class ShardReader(IterableDataset):
         return result
 
     def _read_clip(self, data: bytes, name: str, out: torch.Tensor, generator: torch.Generator) -> int:
-        """Decode one clip at the model rate, cropped or padded to ``out`` [T] (written in place).
-
-        Audio longer than the clip is cut while decoding (a seek, then one clip's worth of frames at the
-        random or centre offset), so a 5-minute recording costs a 10-second decode. The writer's own format
-        (integer PCM, mono, at the model rate) is read straight into ``out``; anything else goes through
-        :func:`clapkit.audio.load_audio` (downmix, resampling, NaN / Inf check) and :func:`fit_length`.
-
-        Returns:
-            Samples of real audio in ``out`` (the rest is padding).
-
-        Raises:
-            ValueError: undecodable, empty or non-finite audio.
-        """
+        """:func:`~clapkit.data.decode.read_clip` at this reader's rate and padding; random crops when training."""
         cfg = self.config
-        clip = out.shape[0]
-        try:
-            with sf.SoundFile(io.BytesIO(data)) as f:
-                rate, frames, channels = f.samplerate, f.frames, f.channels
-                need = math.ceil(clip * rate / cfg.sample_rate)  # source frames for one clip
-                if frames > need:
-                    if cfg.train:
-                        f.seek(int(torch.randint(0, frames - need + 1, (1,), generator=generator)))
-                    else:
-                        f.seek((frames - need) // 2)
-                direct = f.subtype.startswith("PCM") and channels == 1 and rate == cfg.sample_rate
-                if direct:  # integer PCM is never NaN, and needs no downmix or resampling
-                    n = min(frames, clip)
-                    length = len(f.read(n, dtype="float32", out=out[:n].numpy()))
-                else:
-                    window = f.read(min(frames, need), dtype="float32", always_2d=True)  # [S, C]
-        except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-            raise ValueError(f"{name}: cannot decode audio ({err})") from err
-        if direct:
-            if length == 0:
-                raise ValueError(f"{name}: 0 samples after decoding; expected audio of at least 1 frame")
-            if length < clip:
-                out[length:] = fit_length(out[:length], clip, pad=cfg.pad)[length:]
-            return length
-        mono = window[:, 0] if channels == 1 else window.mean(axis=1)
-        wave = load_audio((mono, rate), cfg.sample_rate, name=name)  # [S']
-        crop = "random" if cfg.train else "center"
-        out.copy_(fit_length(wave, clip, pad=cfg.pad, crop=crop, generator=generator))
-        return min(len(wave), clip)
+        return read_clip(
+            data, name, out, sample_rate=cfg.sample_rate, pad=cfg.pad, random_crop=cfg.train, generator=generator
+        )
 
     def _texts(self, meta: SampleMeta, rng: random.Random) -> dict[str, Any]:
         cfg = self.config

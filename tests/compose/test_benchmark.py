@@ -19,7 +19,7 @@ from clapkit.compose.benchmark import (
     write_compositional_benchmark,
     write_scenes,
 )
-from clapkit.compose.scenes import TEMPLATES
+from clapkit.compose.templates import TEMPLATES
 from clapkit.evaluate import load_compa_csv, load_retrieval_set
 from tests.conftest import tone
 

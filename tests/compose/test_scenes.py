@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -10,7 +11,8 @@ import pytest
 
 from clapkit.audio import load_audio
 from clapkit.compose import TEMPLATES, ComposerConfig, EventClip, SceneComposer, compare_compositions
-from clapkit.compose.scenes import _loudness, _template_glue
+from clapkit.compose.templates import template_glue
+from clapkit.compose.waveform import loudness
 
 RATE = 16000  # Hz
 LOW, HIGH, MID = 440.0, 2000.0, 1000.0  # Hz: one tone per label, far apart in frequency
@@ -54,7 +56,7 @@ FREQ = {"dog": LOW, "bell": HIGH, "car horn": MID}
 def level_db(wave: np.ndarray, label: str) -> float:
     """Band level of an event's tone, corrected by the K-weighting of its frequency (so levels compare like LU)."""
     probe = tone(FREQ[label], 1.0).astype(np.float64)
-    k_weight = _loudness(probe, RATE) - 10 * np.log10(np.mean(probe**2))
+    k_weight = loudness(probe, RATE) - 10 * np.log10(np.mean(probe**2))
     return 10 * np.log10(band_energy(wave, FREQ[label]).max()) + k_weight
 
 
@@ -66,6 +68,38 @@ def test_same_seed_same_scene(composer, kind):
     assert (first.caption, first.positives, first.negatives) == (again.caption, again.positives, again.negatives)
     assert first.metadata() == again.metadata()
     assert first.caption != other.caption or not np.array_equal(first.audio, other.audio)
+
+
+#: Scenes of the ``composer`` fixture, recorded from the composer as released: (seed, kind asked for, kind made,
+#: sha256 prefix of the metadata JSON, (samples, sum |x|, sum |x| · ramp 0..1) of the audio, the same of the
+#: counterfactual). Any change to the random draws, their order or the signal chain changes these.
+RECORDED = [
+    (0, None, "sequence3", "b3855247baa64a23", (37817, 1899.9409, 804.5216), (37817, 1899.9016, 877.1225)),
+    (1, None, "overlap", "332e84ae7ebdbed3", (9599, 651.239, 325.514), (29740, 1187.377, 358.2253)),
+    (2, None, "sequence", "9e7877c4094583f6", (20374, 1280.4251, 571.1876), (20374, 1280.485, 709.2707)),
+    (3, None, "sequence", "4c66f7830703b257", (26649, 1343.0669, 583.9449), (26649, 1343.256, 759.2289)),
+    ((5, 2), None, "sequence", "d509b74c5a6ab95a", (26576, 1411.3843, 639.0084), (26576, 1411.5957, 772.4916)),
+    (11, "sequence", "sequence", "f293f7548f7ec164", (26897, 1291.8078, 730.5868), (26897, 1291.8418, 561.2357)),
+    (11, "overlap", "overlap", "af1b935acf522998", (9599, 471.7009, 235.8505), (26897, 1097.7619, 495.1155)),
+    (11, "sequence3", "sequence3", "ded12be4dc0bf46e", (35263, 1855.8091, 1048.4464), (35263, 1855.8755, 916.1128)),
+    (11, "attribute", "attribute", "451843bafb6376c0", (26897, 1048.9019, 790.7622), (26897, 652.2844, 205.2857)),
+]
+
+
+def _magnitudes(wave: np.ndarray) -> tuple[int, float, float]:
+    magnitude = np.abs(wave.astype(np.float64))
+    return len(wave), float(magnitude.sum()), float(magnitude @ np.linspace(0.0, 1.0, len(wave)))
+
+
+@pytest.mark.parametrize(("seed", "asked", "kind", "text", "audio", "counter"), RECORDED)
+def test_seeded_scenes_match_recorded_values(composer, seed, asked, kind, text, audio, counter):
+    scene = composer.compose(seed, asked)
+    assert scene.kind == kind
+    assert hashlib.sha256(json.dumps(scene.metadata(), sort_keys=True).encode()).hexdigest()[:16] == text
+    for wave, recorded in ((scene.audio, audio), (scene.counterfactual_audio, counter)):
+        length, total, ramped = _magnitudes(wave)
+        assert length == recorded[0]
+        assert (total, ramped) == pytest.approx(recorded[1:], rel=1e-5, abs=1e-3)
 
 
 def test_generate_is_compose_of_derived_seeds(composer):
@@ -90,8 +124,8 @@ def test_loudness_normalised_and_never_clipping():
             assert np.abs(wave).max() <= 0.5 + 1e-6  # scaled under the peak, not clipped
         assert np.abs(scene.audio).max() == pytest.approx(0.5, rel=1e-4)  # -2 LUFS needs more than the peak
         quiet = hot.compose(seed)
-        assert _loudness(quiet.audio.astype(np.float64), RATE) == pytest.approx(-30.0, abs=0.5)
-        assert _loudness(quiet.counterfactual_audio.astype(np.float64), RATE) == pytest.approx(-30.0, abs=0.5)
+        assert loudness(quiet.audio.astype(np.float64), RATE) == pytest.approx(-30.0, abs=0.5)
+        assert loudness(quiet.counterfactual_audio.astype(np.float64), RATE) == pytest.approx(-30.0, abs=0.5)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -172,7 +206,7 @@ def test_positives_agree_and_negatives_differ(composer, kind):
 
 
 def _glue(text_templates) -> set[str]:
-    return {part.strip(" ,").lower() for t in text_templates for part in _template_glue(t)}
+    return {part.strip(" ,").lower() for t in text_templates for part in template_glue(t)}
 
 
 def test_train_and_test_pools_use_disjoint_phrasings(composer):

@@ -8,8 +8,9 @@ import torch
 import webdataset as wds
 
 from clapkit.audio import fit_length
+from clapkit.data.batch import collate
 from clapkit.data.inputs import read_jsonl
-from clapkit.data.reader import ReaderConfig, ShardReader, collate, resolve_shards
+from clapkit.data.reader import ReaderConfig, ShardReader, resolve_shards
 from clapkit.data.schema import load_manifest
 from clapkit.data.writer import WriterConfig, write_shards
 from tests.data.conftest import RATE, noise

@@ -10,7 +10,7 @@ HEAD = {"layers": 1, "width": 16, "heads": 2, "max_len": 64, "dropout": 0.0}
 
 
 def reader_batch(n: int = 3, seconds: float = 1.0, rate: int = 16000) -> dict:
-    """A batch as ``clapkit.data.reader.collate`` builds it."""
+    """A batch as ``clapkit.data.batch.collate`` builds it."""
     g = torch.Generator().manual_seed(0)
     audio = torch.rand(n, int(seconds * rate), generator=g) - 0.5
     return {
