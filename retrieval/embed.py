@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from clapkit.audio import load_audio
 from clapkit.index import model_info
-from clapkit.index_sources import Clip, expand_inputs, iter_shard, window_spans
+from clapkit.index.sources import Clip, expand_inputs, iter_shard, window_spans
 from clapkit.io import atomic_save_npy, atomic_write_json, atomic_write_text
 from retrieval.config import EmbedConfig
 

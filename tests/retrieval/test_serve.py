@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from clapkit.index_sources import read_member
+from clapkit.index.sources import read_member
 from retrieval.config import ServeConfig, load_config
 from retrieval.serve import STATIC_DIR, _Batcher, create_app, load_indices
 from tests.conftest import TINY_RATE, tone
