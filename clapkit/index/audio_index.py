@@ -1,20 +1,10 @@
 """``AudioIndex``: nearest-neighbour search over audio embeddings (FAISS) with metadata in SQLite.
 
-    import clapkit
-    from clapkit import AudioIndex
-
-    model = clapkit.load("my-model-dir")
-    index = AudioIndex.for_model(model, source="my-model-dir")
-    index.add_audio(["walk.flac", "street.wav"])           # long recordings → windows
-    hits = index.search(text="a dog barking", k=5)[0]       # [Hit(id, score, path, start, end, …)]
-    index.save("street.index")
-    index = AudioIndex.load("street.index", model=model)     # refused if the model differs
-
-Index types (``index=``) are FAISS ``index_factory`` strings chosen by name: ``flat`` (exact inner
-product), ``hnsw``, ``ivf-flat``, ``ivf-pq``; ``auto`` picks one from the number of vectors and a memory
-budget (see ``choose_index``); any other FAISS factory string is used as given. Each row of the index is
-one window of a recording; its metadata (path, tar member, window start/end, duration, captions, labels,
-user fields) lives in a SQLite sidecar keyed by the same int64 id.
+Index types (``index=``) are FAISS ``index_factory`` strings chosen by name: ``flat`` (exact inner product),
+``hnsw``, ``ivf-flat``, ``ivf-pq``; ``auto`` picks one from the number of vectors and a memory budget (see
+``clapkit.index.layout.choose_index``); any other FAISS factory string is used as given. Each row of the index
+is one window of a recording; its metadata (path, tar member, window start/end, duration, captions, labels,
+user fields) lives in a SQLite sidecar keyed by the same int64 id. A usage example is in ``clapkit.index``.
 """
 
 from __future__ import annotations
@@ -43,6 +33,7 @@ from clapkit.index.layout import (
     choose_index,
     default_nprobe,
     default_train_points,
+    exact_graph_ids,
     kind_of,
     min_train_points,
     search_params,
@@ -471,7 +462,7 @@ class AudioIndex:
             ladder = [2**i for i in range(int(math.log2(top)) + 1)] + ([top] if top & (top - 1) else [])
         else:
             name, ladder = "ef_search", [16, 32, 64, 128, 256, 512, 1024]
-            truth = self._exact_ids(q, k)
+            truth = exact_graph_ids(self._faiss, q, k, self._tombstones)
         for value in ladder:
             ids = self.knn(q, k, **{name: value})[1]
             recall = float(np.mean([len(set(a) & set(b) - {-1}) / k for a, b in zip(ids, truth)]))
@@ -479,15 +470,6 @@ class AudioIndex:
                 break
         self.search_defaults[name] = value
         return {"param": name, "value": value, "recall": recall}
-
-    def _exact_ids(self, q: np.ndarray, k: int) -> np.ndarray:
-        """Exact top-k ids of an IDMap2-wrapped graph, by a brute-force scan of its stored vectors [Q, k]."""
-        storage = faiss.downcast_index(faiss.downcast_index(self._faiss.index).storage)
-        _, internal = storage.search(q, k + len(self._tombstones))
-        ids = faiss.vector_to_array(self._faiss.id_map)[internal]
-        ids[internal < 0] = -1
-        keep = ~np.isin(ids, self._tombstones)
-        return np.array([row[mask][:k] for row, mask in zip(ids, keep)])
 
     def search(
         self,

@@ -167,14 +167,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "search",
         help="query an index by text or by an audio clip",
         description='Search an index folder: `clapkit search DIR "a dog barking" -k 10` or '
-        "`clapkit search DIR --audio query.wav`. The model named in the index manifest is loaded unless "
-        "--model is given; a different model is refused.",
+        "`clapkit search DIR --audio query.wav`. The model named in the index manifest (or stored in the index "
+        "folder by `index build --allow-untrained`) is loaded unless --model is given; a different model is refused.",
     )
     s.add_argument("index", type=Path, help="index folder written by `clapkit index build`")
     s.add_argument("text", nargs="?", help="text query")
     s.add_argument("--audio", help="query by this audio file instead (audio → audio similarity)")
     s.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
-    s.add_argument("--model", help="model folder (default: the one recorded in the index)")
+    s.add_argument("--model", help="model folder (default: the one stored in or recorded by the index)")
     s.add_argument("--device", default=None, help="torch device (default: cpu)")
     s.add_argument("--nprobe", type=int, help="IVF lists to visit (default: the index's)")
     s.add_argument("--ef-search", type=int, help="HNSW search breadth (default: the index's)")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faiss
+import numpy as np
 
 from clapkit.registry import Registry
 from clapkit.units import parse_bytes
@@ -19,6 +20,7 @@ __all__ = [
     "choose_index",
     "default_nprobe",
     "default_train_points",
+    "exact_graph_ids",
     "kind_of",
     "min_train_points",
     "nlist_for",
@@ -219,3 +221,13 @@ def default_train_points(index: faiss.Index) -> int:
     ivf = faiss.extract_index_ivf(index)
     pq = getattr(faiss.downcast_index(ivf), "pq", None)
     return max(40 * ivf.nlist, 10_000 if pq is not None else 0)
+
+
+def exact_graph_ids(index: faiss.IndexIDMap2, q: np.ndarray, k: int, tombstones: np.ndarray) -> np.ndarray:
+    """Exact top-k ids of an IDMap2-wrapped graph, by a brute-force scan of its stored vectors [Q, k]."""
+    storage = faiss.downcast_index(faiss.downcast_index(index.index).storage)
+    _, internal = storage.search(q, k + len(tombstones))
+    ids = faiss.vector_to_array(index.id_map)[internal]
+    ids[internal < 0] = -1
+    keep = ~np.isin(ids, tombstones)
+    return np.array([row[mask][:k] for row, mask in zip(ids, keep)])
