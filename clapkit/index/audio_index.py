@@ -121,6 +121,7 @@ class AudioIndex:
         self.plan: IndexPlan | None = None
         self.window: dict[str, float] | None = None
         self.read_only = False
+        self.model_dir: Path | None = None  # the model saved in the folder this index was loaded from
         self._faiss: faiss.Index | None = None
         self._kind = ""
         self._db = Sidecar()
@@ -173,12 +174,17 @@ class AudioIndex:
         self.model = model
 
     def load_model(self, device: str | torch.device | None = None) -> ClapModel:
-        """Load the model named in the manifest (``model_info.source``), check it and attach it."""
-        if self.model is None:
-            if self.model_info is None:
-                raise ValueError("this index records no model; attach one with index.attach(model)")
-            if is_untrained_architecture(self.model_info.source):
-                raise untrained_error(self.model_info)  # loading it would draw new random layers
+        """Load the index's model, check it and attach it: the model saved in the index folder
+        (``save(dir, with_model=True)``) if there is one, else the one named by ``model_info.source``."""
+        if self.model is not None:
+            return self.model
+        if self.model_dir is not None:
+            self.attach(load(self.model_dir, device=device))
+        elif self.model_info is None:
+            raise ValueError("this index records no model; attach one with index.attach(model)")
+        elif is_untrained_architecture(self.model_info.source):
+            raise untrained_error(self.model_info)  # loading it would draw new random layers
+        else:
             self.attach(load(self.model_info.source, device=device))
         return self.model
 
@@ -546,10 +552,16 @@ class AudioIndex:
             "tombstones": len(self._tombstones),
         }
 
-    def save(self, directory: str | os.PathLike) -> Path:
+    def save(self, directory: str | os.PathLike, *, with_model: bool = False) -> Path:
         """Write ``manifest.json``, ``index.faiss`` and ``metadata.sqlite`` under a temporary name, then
         rename the folder into place (``clapkit.io.atomic_replace_dir``: an interrupted save leaves the previous
-        index intact)."""
+        index intact).
+
+        Args:
+            with_model: Also save the attached model in the folder (``model/``, a ``save_pretrained`` folder),
+                which ``load_model`` then prefers: for a model that cannot be loaded again by name.
+        """
+        model = self._require_model() if with_model else None
         with self._lock:
             manifest = {
                 **self.describe(),
@@ -558,7 +570,7 @@ class AudioIndex:
                 "memory_budget": self.memory_budget,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            return write_folder(directory, self._faiss, self._db, manifest)
+            return write_folder(directory, self._faiss, self._db, manifest, model)
 
     @staticmethod
     def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -593,6 +605,7 @@ class AudioIndex:
         )
         index.window = m.get("window")
         index._next_id = int(m.get("next_id", 0))
+        index.model_dir = directory / m["files"]["model"] if m["files"].get("model") else None
         index._db = read_sidecar(directory, read_only)
         if m["files"].get("faiss"):
             index._faiss = read_faiss(directory, m, index.dim)

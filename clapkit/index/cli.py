@@ -7,17 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["BUNDLED_MODEL", "add_commands"]
-
-#: Sub-folder of an index built with --allow-untrained that holds the model (a save_pretrained folder).
-BUNDLED_MODEL = "model"
+__all__ = ["add_commands"]
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     import numpy as np
 
     from clapkit.cli_helpers import load_model, parse_dtype, untrained_message
-    from clapkit.factory import save_pretrained
     from clapkit.index import AudioIndex
     from clapkit.index.identity import is_untrained_architecture
     from clapkit.index.sources import decoded_clips, embed_windows, expand_inputs, iter_clips
@@ -50,11 +46,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     )
     if not len(emb):
         raise ValueError(f"none of the inputs could be decoded ({len(skipped)} skipped): {skipped[:3]}")
-    out = Path(args.out).expanduser().absolute()
-    # An untrained model is kept beside the index: reloading its name would draw different random layers.
-    source = out / BUNDLED_MODEL if untrained else args.model
     index = AudioIndex.for_model(
-        model, source=source, index=args.index, memory_budget=args.memory_budget, expected_size=len(emb)
+        model, source=args.model, index=args.index, memory_budget=args.memory_budget, expected_size=len(emb)
     )
     index.add_embeddings(emb, rows, progress=True)
     if args.target_recall:
@@ -64,9 +57,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         "seconds": args.window_seconds or model.config.audio.clip_seconds,
         "hop_seconds": args.hop_seconds or model.config.audio.hop_seconds,
     }
-    index.save(out)
-    if untrained:
-        save_pretrained(model, out / BUNDLED_MODEL)
+    # An untrained model is saved with the index: loading its name again would draw different random layers.
+    index.save(args.out, with_model=untrained)
     print(f"indexed {len(index)} windows as {index.key} ({index.plan.reason}) → {args.out}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable clips, e.g.:", *skipped[:5], sep="\n  ", file=sys.stderr)
@@ -87,11 +79,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.audio is None):
         raise ValueError('give a text query or --audio FILE (not both), e.g. clapkit search DIR "a dog barking"')
     index = AudioIndex.load(args.index, read_only=True)
-    bundled = args.index / BUNDLED_MODEL
     if args.model:
         index.attach(load_model(args.model, device=args.device))
-    elif bundled.is_dir():  # built with --allow-untrained: the model travels with the folder
-        index.attach(load_model(bundled, device=args.device))
     else:
         index.load_model(device=args.device)
     query = {"text": args.text} if args.text is not None else {"audio": args.audio}

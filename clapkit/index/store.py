@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 
+from clapkit.factory import save_pretrained
 from clapkit.index.sidecar import Sidecar
 from clapkit.io import atomic_replace_dir
+
+if TYPE_CHECKING:
+    from clapkit.model import ClapModel
 
 __all__ = [
     "FAISS_FILE",
@@ -22,6 +26,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_FILE",
     "METADATA_FILE",
+    "MODEL_DIR",
     "read_faiss",
     "read_manifest",
     "read_sidecar",
@@ -33,20 +38,32 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 FAISS_FILE = "index.faiss"
 METADATA_FILE = "metadata.sqlite"
+MODEL_DIR = "model"
 
 
-def write_folder(directory: str | os.PathLike, index: faiss.Index | None, db: Sidecar, manifest: dict) -> Path:
-    """Write the FAISS index (if any), the sidecar and ``manifest`` (plus format and file names) atomically."""
+def write_folder(
+    directory: str | os.PathLike,
+    index: faiss.Index | None,
+    db: Sidecar,
+    manifest: dict,
+    model: ClapModel | None = None,
+) -> Path:
+    """Write the FAISS index (if any), the sidecar, the model (if given, as ``save_pretrained`` into
+    ``model/``) and ``manifest`` (plus format and file names), all in one atomic folder replacement."""
     directory = Path(directory)
+    files = {"faiss": FAISS_FILE if index is not None else None, "metadata": METADATA_FILE}
     with atomic_replace_dir(directory) as tmp:
         if index is not None:
             faiss.write_index(index, str(tmp / FAISS_FILE))
         db.backup_to(tmp / METADATA_FILE)
+        if model is not None:
+            save_pretrained(model, tmp / MODEL_DIR)
+            files["model"] = MODEL_DIR
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             **manifest,
-            "files": {"faiss": FAISS_FILE if index is not None else None, "metadata": METADATA_FILE},
+            "files": files,
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return directory

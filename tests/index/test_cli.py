@@ -61,6 +61,8 @@ def test_untrained_index_is_built_with_its_model_and_searchable(recordings, tmp_
     with pytest.warns(UntrainedModelWarning, match="randomly initialised.*save_pretrained folder"):
         assert cli.main(argv) == 0
     assert (out / "model" / "config.json").is_file()
+    assert AudioIndex.read_manifest(out)["files"]["model"] == "model"
+    out = out.rename(tmp_path / "moved")  # the stored model travels with the folder
     capsys.readouterr()
     # Searching loads the stored model, not a fresh draw of the architecture, so the identity check passes.
     assert cli.main(["search", str(out), "--audio", str(recordings["mid"]), "-k", "1", "--json"]) == 0

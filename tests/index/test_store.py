@@ -40,3 +40,14 @@ def test_read_only_and_corrupt_folders(tmp_path):
     (tmp_path / "ix" / "manifest.json").write_text('{"format": "clapkit-audio-index", "version": 1}')
     with pytest.raises(ValueError, match="manifest lacks dim, metric"):
         AudioIndex.load(tmp_path / "ix")
+
+
+def test_the_model_can_be_saved_with_the_index(tiny_model, tmp_path):
+    index = AudioIndex.for_model(tiny_model, source="nowhere", index="flat")
+    index.add_embeddings(clustered(4))
+    index.save(tmp_path / "ix", with_model=True)
+    loaded = AudioIndex.load(tmp_path / "ix", read_only=True)
+    assert loaded.model_dir == tmp_path / "ix" / "model"
+    assert loaded.load_model().embed_dim == tiny_model.embed_dim  # from the folder, not from "nowhere"
+    with pytest.raises(ValueError, match="need the index's model"):
+        AudioIndex.build(clustered(4), index="flat").save(tmp_path / "bare", with_model=True)
