@@ -24,7 +24,6 @@ import torch
 from tqdm.auto import tqdm
 
 from clapkit.audio import load_audio
-from clapkit.factory import load
 from clapkit.index.identity import ModelInfo, check_model, is_untrained_architecture, model_info, untrained_error
 from clapkit.index.layout import (
     METRICS,
@@ -176,6 +175,8 @@ class AudioIndex:
     def load_model(self, device: str | torch.device | None = None) -> ClapModel:
         """Load the index's model, check it and attach it: the model saved in the index folder
         (``save(dir, with_model=True)``) if there is one, else the one named by ``model_info.source``."""
+        from clapkit.factory import load  # imported on use: the model stack takes seconds to import
+
         if self.model is not None:
             return self.model
         if self.model_dir is not None:

@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from clapkit.factory import list_models
-
 if TYPE_CHECKING:
     from clapkit.model import ClapModel
 
@@ -78,6 +76,9 @@ def is_untrained_architecture(source: str | os.PathLike) -> bool:
     Such a model has its pretrained towers but randomly initialised projections, drawn anew on every load: its
     embeddings are not meaningful, and the same model cannot be loaded again to query an index built with it.
     """
+    # Imported on use: the model stack takes seconds to import, and indexes of bare embeddings never need it.
+    from clapkit.factory import list_models
+
     return str(source) in list_models() and not Path(source).expanduser().exists()
 
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import faiss
 
-from clapkit.factory import save_pretrained
 from clapkit.index.sidecar import Sidecar
 from clapkit.io import atomic_replace_dir
 
@@ -57,7 +56,7 @@ def write_folder(
             faiss.write_index(index, str(tmp / FAISS_FILE))
         db.backup_to(tmp / METADATA_FILE)
         if model is not None:
-            save_pretrained(model, tmp / MODEL_DIR)
+            model.save_pretrained(tmp / MODEL_DIR)
             files["model"] = MODEL_DIR
         manifest = {
             "format": FORMAT,
