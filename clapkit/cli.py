@@ -17,7 +17,7 @@ COMMAND_MODULES: list[str] = [
     "clapkit.cli",
     "clapkit.evaluate.cli",
     "clapkit.data.cli",
-    "clapkit.index_cli",
+    "clapkit.index.cli",
     "clapkit.convert",
     "clapkit.datasets.cli",
     "clapkit.lalm.cli",
@@ -25,24 +25,30 @@ COMMAND_MODULES: list[str] = [
 
 
 def _expand(paths: list[str]) -> list[str]:
-    from clapkit.data.files import AUDIO_EXTENSIONS
+    """Audio files in input order, folders replaced by the audio files under them (sorted).
+
+    Raises:
+        ValueError: a folder that holds no audio file (named, so a folder called ``clips.wav/`` is not mistaken
+            for a file), or no inputs at all.
+    """
+    from clapkit.data.files import AUDIO_EXTENSIONS, find_audio_files
 
     out: list[str] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            out.extend(str(f) for f in sorted(path.rglob("*")) if f.suffix.lower() in AUDIO_EXTENSIONS)
+            found = find_audio_files(path)
+            if not found:
+                raise ValueError(
+                    f"{p}: a folder with no audio files in it ({', '.join(sorted(AUDIO_EXTENSIONS))}); "
+                    "give audio files or folders that hold them"
+                )
+            out.extend(str(f) for f in found)
         else:
             out.append(p)
     if not out:
-        raise SystemExit("clapkit: no audio files found in the given paths")
+        raise ValueError("no audio files found in the given paths")
     return out
-
-
-def _dtype(name: str | None):
-    import torch
-
-    return {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -58,16 +64,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from clapkit.factory import load
+    from clapkit.cli_helpers import load_model, parse_dtype
     from clapkit.io import atomic_save_npy
 
-    model = load(args.model, device=args.device)
+    names = list(args.inputs) if args.text else _expand(args.inputs)  # path errors before the model loads
+    model = load_model(args.model, device=args.device)
     if args.text:
-        emb = model.embed_text(args.inputs, batch_size=args.batch_size, progress=True)
-        names = list(args.inputs)
+        emb = model.embed_text(names, batch_size=args.batch_size, progress=True)
     else:
-        names = _expand(args.inputs)
-        emb = model.embed_audio(names, batch_size=args.batch_size, autocast_dtype=_dtype(args.precision), progress=True)
+        dtype = parse_dtype(args.precision)
+        emb = model.embed_audio(names, batch_size=args.batch_size, autocast_dtype=dtype, progress=True)
     atomic_save_npy(args.out, emb)
     print(f"wrote {emb.shape[0]} × {emb.shape[1]} embeddings to {args.out}")
     if args.names:
@@ -76,14 +82,14 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_zeroshot(args: argparse.Namespace) -> int:
-    from clapkit.factory import load
+    from clapkit.cli_helpers import load_model
     from clapkit.zeroshot import DEFAULT_TEMPLATES, zero_shot
 
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
     if len(labels) < 2:
         raise SystemExit("clapkit zeroshot: give at least two comma-separated --labels")
     files = _expand(args.inputs)
-    model = load(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
     templates = args.template or list(DEFAULT_TEMPLATES)
     result = zero_shot(model, files, labels, templates=templates, batch_size=args.batch_size)
     rows = []

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clapkit.audio import load_audio
 from clapkit.index import model_info
-from clapkit.index_sources import Clip, expand_inputs, iter_shard, window_spans
+from clapkit.index.sources import Clip, expand_inputs, iter_shard, window_spans
 from clapkit.io import atomic_save_npy, atomic_write_json, atomic_write_text
 from clapkit.progress import progress_bar
 from retrieval.config import EmbedConfig

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clapkit.audio import load_audio
 from clapkit.index import AudioIndex
-from clapkit.index_sources import read_member
+from clapkit.index.sources import read_member
 from retrieval.config import ServeConfig
 
 __all__ = ["create_app", "load_indices", "serve"]

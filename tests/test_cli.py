@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from clapkit.cli import build_parser, main
+from clapkit.cli_helpers import UntrainedModelWarning
+from tests.index.conftest import register_tiny_architecture
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +62,30 @@ def test_errors_are_reported_not_raised(model_dir, tmp_path, capsys):
     assert not (tmp_path / "e.npy").exists()
     assert main(["embed", "x.wav", "--model", "no-such-model", "--out", str(tmp_path / "e.npy")]) == 2
     assert "registered models" in capsys.readouterr().err
+
+
+def test_embed_names_a_folder_that_holds_no_audio(model_dir, wav_file, tmp_path, capsys):
+    fake = tmp_path / "clips.wav"  # a folder named like a file, with no audio in it
+    fake.mkdir()
+    (fake / "readme.txt").write_text("not audio")
+    out = tmp_path / "e.npy"
+    assert main(["embed", str(fake), "--model", str(model_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{fake}: a folder with no audio files" in err and not out.exists()
+    real = wav_file("a.wav")
+    assert main(["embed", str(real), str(fake), "--model", str(model_dir), "--out", str(out)]) == 2
+    assert "clips.wav: a folder with no audio files" in capsys.readouterr().err
+
+
+def test_embed_skips_folders_named_like_audio_inside_a_folder(model_dir, wav_file, tmp_path):
+    clip = wav_file("a.wav")
+    (clip.parent / "clips.wav").mkdir()
+    out = tmp_path / "e.npy"
+    assert main(["embed", str(clip.parent), "--model", str(model_dir), "--out", str(out)]) == 0
+    assert np.load(out).shape == (1, 32)
+
+
+def test_embed_warns_for_an_untrained_architecture_name(wav_file, tmp_path, monkeypatch):
+    name = register_tiny_architecture(monkeypatch)
+    with pytest.warns(UntrainedModelWarning, match="architecture name.*randomly initialised.*save_pretrained"):
+        assert main(["embed", str(wav_file("a.wav")), "--model", name, "--out", str(tmp_path / "e.npy")]) == 0

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clapkit.data.files import AUDIO_EXTENSIONS
+from clapkit.data.files import find_audio_files
 from clapkit.data.schema import COUNTERFACTUAL_FIELD, EXTRA_AUDIO_FIELD
 
 __all__ = ["InputRecord", "read_csv", "read_dir", "read_inputs", "read_jsonl"]
@@ -107,9 +107,8 @@ def _sidecar(audio: Path) -> tuple[dict[str, Any] | None, str | None]:
 def read_dir(root: str | Path, *, label_caption: str = "{}") -> list[InputRecord]:
     """Audio files under ``root`` with their sidecar captions or label folders (see the module doc)."""
     root = Path(root)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     records = []
-    for audio in files:
+    for audio in find_audio_files(root):
         fields, error = _sidecar(audio)
         if fields is None:
             rel_parent = audio.parent.relative_to(root)

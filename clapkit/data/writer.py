@@ -45,6 +45,7 @@ from clapkit.data.schema import (
 )
 from clapkit.io import atomic_write_json
 from clapkit.progress import progress_bar
+from clapkit.units import parse_bytes
 
 __all__ = ["WriterConfig", "parse_size", "shard_key", "write_shards"]
 
@@ -96,23 +97,13 @@ class WriterConfig:
             raise ValueError(f"sample_rate={self.sample_rate}: give a rate in Hz, or None to keep each file's rate")
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(i)?)?b?\s*$", re.IGNORECASE)
-
-
 def parse_size(text: str | int) -> int:
-    """``"256MB"`` → 256_000_000 bytes; ``KiB`` / ``MiB`` / ``GiB`` are powers of 1024.
+    """A shard size in bytes: ``"256MB"`` → 256_000_000, ``"1GiB"`` → 2^30 (``clapkit.units.parse_bytes``).
 
     Raises:
-        ValueError: not a size.
+        ValueError: not a size; the message names the text and the valid forms.
     """
-    if isinstance(text, int):
-        return text
-    m = _SIZE.match(text)
-    if not m:
-        raise ValueError(f"shard size {text!r}: expected a number with an optional unit, e.g. 256MB or 1GiB")
-    number, prefix, binary = float(m.group(1)), (m.group(2) or "").lower(), m.group(3)
-    power = "kmgt".index(prefix) + 1 if prefix else 0
-    return int(number * (1024 if binary else 1000) ** power)
+    return parse_bytes(text, "shard size")
 
 
 def shard_key(index: int) -> str:

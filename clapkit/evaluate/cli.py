@@ -8,19 +8,17 @@ import sys
 
 from clapkit.evaluate.report import format_table
 
-_DTYPES = {None: None, "bf16": "bfloat16", "fp16": "float16"}
-
 
 def _load(args: argparse.Namespace):
-    from clapkit.factory import load
+    from clapkit.cli_helpers import load_model
 
-    return load(args.model, device=args.device)
+    return load_model(args.model, device=args.device)
 
 
-def _dtype(name: str | None):
-    import torch
+def _precision(args: argparse.Namespace):
+    from clapkit.cli_helpers import parse_dtype
 
-    return getattr(torch, _DTYPES[name]) if name else None
+    return parse_dtype(args.precision)
 
 
 def _finish(args: argparse.Namespace, task: str, metrics: dict, table: str) -> int:
@@ -48,7 +46,7 @@ def _cmd_zeroshot(args: argparse.Namespace) -> int:
         data,
         templates=args.template or list(DEFAULT_TEMPLATES),
         batch_size=args.batch_size,
-        autocast_dtype=_dtype(args.precision),
+        autocast_dtype=_precision(args),
         progress=True,
     )
     if args.confusion:
@@ -65,7 +63,7 @@ def _cmd_retrieval(args: argparse.Namespace) -> int:
     data = load_retrieval_set(args.data, args.audio_root)
     model = _load(args)
     metrics = evaluate_retrieval(
-        model, data, batch_size=args.batch_size, autocast_dtype=_dtype(args.precision), progress=True
+        model, data, batch_size=args.batch_size, autocast_dtype=_precision(args), progress=True
     )
     names = ["R@1", "R@5", "R@10", "mAP@10", "mean_rank", "median_rank"]
     rows = [(n, metrics[f"text_to_audio_{n}"], metrics[f"audio_to_text_{n}"]) for n in names]
@@ -79,7 +77,7 @@ def _cmd_compositional(args: argparse.Namespace) -> int:
     items = load_compa_csv(args.data, args.audio_root, include_triplet=args.triplets)
     model = _load(args)
     metrics = evaluate_compositional(
-        model, items, batch_size=args.batch_size, autocast_dtype=_dtype(args.precision), progress=True
+        model, items, batch_size=args.batch_size, autocast_dtype=_precision(args), progress=True
     )
     rows = [(f"{n} score", metrics[f"{n}_score"], metrics[f"random_{n}_score"]) for n in ("text", "audio", "group")]
     head = f"{metrics['num_instances']} instances\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clapkit.data.files import AUDIO_EXTENSIONS
+from clapkit.data.files import find_audio_files
 from clapkit.evaluate.report import resolve_path
 from clapkit.io import atomic_write_bytes
 from clapkit.model import ClapModel
@@ -56,8 +56,7 @@ def load_labelled_audio(source: str | Path, audio_root: str | Path | None = None
     pairs: list[tuple[str, str]] = []
     if source.is_dir():
         for sub in sorted(p for p in source.iterdir() if p.is_dir()):
-            files = sorted(f for f in sub.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS)
-            pairs.extend((str(f), sub.name) for f in files)
+            pairs.extend((str(f), sub.name) for f in find_audio_files(sub))
         if not pairs:
             raise ValueError(f"{source}: no audio found; expected one subfolder of audio files per class")
     elif source.is_file():

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from clapkit.index_sources import read_member
+from clapkit.index.sources import read_member
 from retrieval.__main__ import parse
 from retrieval.config import ServeConfig
 from retrieval.serve import STATIC_DIR, _Batcher, create_app, load_indices

@@ -1,454 +1,58 @@
 """``AudioIndex``: nearest-neighbour search over audio embeddings (FAISS) with metadata in SQLite.
 
-    import clapkit
-    from clapkit import AudioIndex
-
-    model = clapkit.load("my-model-dir")
-    index = AudioIndex.for_model(model, source="my-model-dir")
-    index.add_audio(["walk.flac", "street.wav"])           # long recordings → windows
-    hits = index.search(text="a dog barking", k=5)[0]       # [Hit(id, score, path, start, end, …)]
-    index.save("street.index")
-    index = AudioIndex.load("street.index", model=model)     # refused if the model differs
-
-Index types (``index=``) are FAISS ``index_factory`` strings chosen by name: ``flat`` (exact inner
-product), ``hnsw``, ``ivf-flat``, ``ivf-pq``; ``auto`` picks one from the number of vectors and a memory
-budget (see ``choose_index``); any other FAISS factory string is used as given. Each row of the index is
-one window of a recording; its metadata (path, tar member, window start/end, duration, captions, labels,
-user fields) lives in a SQLite sidecar keyed by the same int64 id.
+Index types (``index=``) are FAISS ``index_factory`` strings chosen by name: ``flat`` (exact inner product),
+``hnsw``, ``ivf-flat``, ``ivf-pq``; ``auto`` picks one from the number of vectors and a memory budget (see
+``clapkit.index.layout.choose_index``); any other FAISS factory string is used as given. Each row of the index
+is one window of a recording; its metadata (path, tar member, window start/end, duration, captions, labels,
+user fields) lives in a SQLite sidecar keyed by the same int64 id. A usage example is in ``clapkit.index``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import re
-import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from clapkit.io import atomic_replace_dir
-from clapkit.registry import Registry
+from clapkit.audio import load_audio
+from clapkit.index.identity import ModelInfo, check_model, is_untrained_architecture, model_info, untrained_error
+from clapkit.index.layout import (
+    METRICS,
+    IndexPlan,
+    IndexPolicy,
+    choose_index,
+    default_nprobe,
+    default_train_points,
+    exact_graph_ids,
+    kind_of,
+    min_train_points,
+    search_params,
+)
+from clapkit.index.records import Entry, Hit
+from clapkit.index.sidecar import Sidecar
+from clapkit.index.sources import embed_windows
+from clapkit.index.store import FAISS_FILE, METADATA_FILE, read_faiss, read_manifest, read_sidecar, write_folder
+from clapkit.progress import progress_bar
+from clapkit.units import parse_bytes
 
 if TYPE_CHECKING:
     from clapkit.audio import AudioSource
     from clapkit.model import ClapModel
 
-__all__ = [
-    "INDEX_TYPES",
-    "AudioIndex",
-    "Entry",
-    "Hit",
-    "IndexPlan",
-    "IndexPolicy",
-    "ModelInfo",
-    "choose_index",
-    "model_info",
-    "parse_bytes",
-    "weights_sha256",
-]
+__all__ = ["AudioIndex"]
 
-FORMAT = "clapkit-audio-index"
-FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-FAISS_FILE = "index.faiss"
-METADATA_FILE = "metadata.sqlite"
-METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
-
-# Per-vector bookkeeping of IndexIDMap2 (int64 id array + hash-map entry for the reverse map) [bytes].
-_IDMAP_BYTES = 48
 # Rows per FAISS add / SQLite insert call, so progress bars move and memory stays flat.
 _ADD_CHUNK = 65_536
-# SQLite's default limit on bound parameters per statement is 32766; stay well below.
-_SQL_CHUNK = 900
 
 
-# --------------------------------------------------------------------------------------------- records
-@dataclass
-class Entry:
-    """Metadata of one indexed window.
-
-    Attributes:
-        path: The audio file, or the tar shard that holds the clip.
-        start: Window start [s] within the recording.
-        end: Window end [s] (``None`` = the end of the recording).
-        duration: Length of the whole recording [s].
-        captions: Free-text descriptions.
-        labels: Class labels.
-        member: Tar member name when ``path`` is a shard.
-        fields: Any JSON-serialisable user fields.
-    """
-
-    path: str = ""
-    start: float = 0.0
-    end: float | None = None
-    duration: float | None = None
-    captions: list[str] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    member: str | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def coerce(cls, value: Entry | dict[str, Any] | str | None, where: str) -> Entry:
-        """An ``Entry`` from an Entry, a dict with Entry keys, a bare path or ``None``."""
-        if isinstance(value, Entry):
-            return value
-        if value is None:
-            return cls()
-        if isinstance(value, (str, os.PathLike)):
-            return cls(path=str(value))
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected an Entry, a dict or a path per row, got {type(value).__name__}")
-        known = set(cls.__dataclass_fields__)
-        extra = {k: v for k, v in value.items() if k not in known}
-        entry = cls(**{k: v for k, v in value.items() if k in known})
-        entry.fields = {**entry.fields, **extra}
-        for name in ("captions", "labels"):
-            items = getattr(entry, name)
-            setattr(entry, name, [items] if isinstance(items, str) else list(items or []))
-        return entry
-
-
-@dataclass
-class Hit:
-    """One search result: the id, the score (higher is better) and the window's metadata.
-
-    For ``cosine`` / ``ip`` indexes the score is the inner product; for ``l2`` it is minus the squared
-    distance.
-    """
-
-    id: int
-    score: float
-    path: str
-    start: float
-    end: float | None
-    duration: float | None
-    captions: list[str]
-    labels: list[str]
-    member: str | None
-    fields: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Which model produced an index's vectors.
-
-    Attributes:
-        name: The model config's name.
-        weights_sha256: Hash of the state dict (see ``weights_sha256``).
-        embed_dim: Embedding width.
-        sample_rate: Audio input rate [Hz].
-        source: How to load it again: a registered name or a ``save_pretrained`` directory.
-    """
-
-    name: str
-    weights_sha256: str
-    embed_dim: int
-    sample_rate: int
-    source: str = ""
-
-
-_HASH_CACHE: dict[int, tuple[tuple, str]] = {}
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 over the state dict (names, dtypes, shapes and bytes, in name order).
-
-    Cached per model until any tensor is modified in place (an optimizer step) or replaced.
-    """
-    state = model.state_dict()
-    stamp = tuple((k, v.data_ptr(), v._version) for k, v in sorted(state.items()))
-    cached = _HASH_CACHE.get(id(model))
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    _HASH_CACHE[id(model)] = (stamp, digest.hexdigest())
-    return digest.hexdigest()
-
-
-def model_info(model: ClapModel, source: str | os.PathLike | None = None) -> ModelInfo:
-    """Identity of ``model``; ``source`` says how to load it (default: its config name)."""
-    if source is not None and Path(source).expanduser().is_dir():
-        source = str(Path(source).expanduser().resolve())
-    return ModelInfo(
-        name=model.config.name,
-        weights_sha256=weights_sha256(model),
-        embed_dim=model.embed_dim,
-        sample_rate=model.sample_rate,
-        source=str(source) if source is not None else model.config.name,
-    )
-
-
-# --------------------------------------------------------------------------------------------- choice
-def parse_bytes(value: int | float | str) -> int:
-    """``"512MiB"``, ``"4G"``, ``"16GB"`` or a number of bytes → bytes (K, M, G, T are powers of 1024)."""
-    if isinstance(value, (int, float)):
-        return int(value)
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(value).lower())
-    if not match:
-        raise ValueError(f"memory size {value!r}: expected a number with an optional unit, e.g. 512MiB, 4G, 16GB")
-    return int(float(match.group(1)) * 1024 ** " kmgt".index(match.group(2) or " "))
-
-
-@dataclass(frozen=True)
-class IndexPolicy:
-    """The thresholds behind ``index="auto"`` and the registered layouts."""
-
-    flat_below: int = 20_000  # vectors; below this an exact scan takes ~1 ms a query and needs no build
-    hnsw_m: int = 32  # links per graph node of the `hnsw` layout
-    pq_max_m: int = 64  # PQ sub-quantizers ceiling (8 dims each at 512-d)
-    ivf_hnsw_quantizer_from: int = 16_384  # lists; from here the coarse quantizer is itself an HNSW graph
-
-
-@dataclass(frozen=True)
-class IndexPlan:
-    """A FAISS index layout with its memory estimate.
-
-    Attributes:
-        kind: ``flat`` | ``hnsw`` | ``ivf-flat`` | ``ivf-pq`` | ``custom``.
-        key: ``faiss.index_factory`` string, e.g. ``"HNSW32,Flat"``.
-        bytes: Estimated memory of the filled index [bytes].
-        reason: Why it was chosen (for logs and manifests).
-    """
-
-    kind: str
-    key: str
-    bytes: int
-    reason: str = ""
-
-
-INDEX_TYPES: Registry = Registry("index type")
-
-
-def nlist_for(n: int) -> int:
-    """IVF list count: the power of two nearest 4·√n (FAISS guidelines), ≤ n/39 so training has 39 points a list."""
-    target = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(max(n, 1)))))
-    cap = 2 ** int(math.log2(max(1, n // 39)))
-    return int(max(1, min(target, cap, 2**16)))
-
-
-def pq_nbits(n: int) -> int:
-    """Bits per PQ code: 8 (256 centroids) when there are ≥ 39·256 vectors to train them, fewer below."""
-    return int(min(8, max(1, int(math.log2(max(2, n // 39))))))
-
-
-def _quantizer(nlist: int, policy: IndexPolicy) -> str:
-    return f"IVF{nlist}_HNSW32" if nlist >= policy.ivf_hnsw_quantizer_from else f"IVF{nlist}"
-
-
-@INDEX_TYPES.register("flat")
-def _flat(n: int, dim: int, policy: IndexPolicy, budget: int | None = None) -> IndexPlan:
-    return IndexPlan("flat", "Flat", n * (4 * dim + _IDMAP_BYTES), "exact inner-product scan")
-
-
-@INDEX_TYPES.register("hnsw")
-def _hnsw(n: int, dim: int, policy: IndexPolicy, budget: int | None = None) -> IndexPlan:
-    m = policy.hnsw_m  # level 0 keeps 2·M int32 links per vector
-    return IndexPlan("hnsw", f"HNSW{m},Flat", n * (4 * dim + 8 * m + _IDMAP_BYTES), f"graph, {m} links per node")
-
-
-@INDEX_TYPES.register("ivf-flat")
-def _ivf_flat(n: int, dim: int, policy: IndexPolicy, budget: int | None = None) -> IndexPlan:
-    nlist = nlist_for(n)
-    size = n * (4 * dim + 8) + nlist * 4 * dim
-    return IndexPlan("ivf-flat", f"{_quantizer(nlist, policy)},Flat", size, f"{nlist} inverted lists")
-
-
-@INDEX_TYPES.register("ivf-pq")
-def _ivf_pq(n: int, dim: int, policy: IndexPolicy, budget: int | None = None) -> IndexPlan:
-    nlist, nbits = nlist_for(n), pq_nbits(n)
-    divisors = [m for m in range(min(policy.pq_max_m, max(1, dim // 2)), 0, -1) if dim % m == 0]
-
-    def size(m: int) -> int:
-        return n * (math.ceil(m * nbits / 8) + 8) + nlist * 4 * dim + (2**nbits) * dim * 4
-
-    m = next((m for m in divisors if budget is None or size(m) <= budget), divisors[-1])
-    key = f"{_quantizer(nlist, policy)},PQ{m}x{nbits}"
-    return IndexPlan("ivf-pq", key, size(m), f"{nlist} lists, {m}-byte codes")
-
-
-def choose_index(
-    n: int, dim: int, memory_budget: int | str = "8GiB", *, index: str = "auto", policy: IndexPolicy | None = None
-) -> IndexPlan:
-    """The FAISS layout for ``n`` vectors of width ``dim``.
-
-    ``index="auto"`` is autofaiss-style (size, then memory): exact ``Flat`` below ``policy.flat_below``
-    vectors; otherwise ``IVF{nlist},Flat`` (nlist ≈ 4·√n) if it fits the budget; otherwise
-    ``IVF{nlist},PQ{m}`` with the largest code that fits. Unlike autofaiss it does not pick HNSW: on
-    clustered embeddings IVF-Flat reached recall@10 ≥ 0.95 at a higher QPS, builds ~3× faster and removes
-    vectors for real (``benchmarks/bench_index.py``, docs/benchmarks.md); ``index="hnsw"`` still builds one.
-    A registered name (``INDEX_TYPES.names()``) gives that layout sized for ``n``; anything else must be a
-    valid ``faiss.index_factory`` string.
-
-    Raises:
-        ValueError: nothing fits the budget, or an invalid factory string.
-    """
-    policy = policy or IndexPolicy()
-    budget = parse_bytes(memory_budget)
-    name = index.lower()
-    if name != "auto":
-        if name in INDEX_TYPES:
-            return INDEX_TYPES.get(name)(n, dim, policy)
-        try:
-            faiss.index_factory(dim, index)
-        except RuntimeError as err:
-            raise ValueError(
-                f"index {index!r}: neither a registered index type ({', '.join(['auto', *INDEX_TYPES.names()])}) "
-                f"nor a valid faiss index_factory string ({str(err).splitlines()[-1]})"
-            ) from None
-        return IndexPlan("custom", index, 0, "factory string given by the caller")
-    plans = [_flat(n, dim, policy)] if n < policy.flat_below else []
-    plans += [_ivf_flat(n, dim, policy), _ivf_pq(n, dim, policy, budget)]
-    for plan in plans:
-        if plan.bytes <= budget:
-            return IndexPlan(plan.kind, plan.key, plan.bytes, f"auto for {n} × {dim}: {plan.reason}")
-    raise ValueError(
-        f"{n} vectors × {dim} dims do not fit a {budget / 2**20:.0f} MiB memory budget even as "
-        f"{plans[-1].key} (~{plans[-1].bytes / 2**20:.0f} MiB); raise memory_budget"
-    )
-
-
-def _kind_of(index: faiss.Index) -> str:
-    if faiss.try_extract_index_ivf(index) is not None:
-        return "ivf"
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    if isinstance(inner, faiss.IndexHNSW):
-        return "hnsw"
-    return "flat" if isinstance(inner, faiss.IndexFlat) else "custom"
-
-
-# --------------------------------------------------------------------------------------------- sidecar
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    id INTEGER PRIMARY KEY,
-    path TEXT NOT NULL,
-    member TEXT,
-    start_s REAL NOT NULL,
-    end_s REAL,
-    duration_s REAL,
-    captions TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    fields TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tombstones (id INTEGER PRIMARY KEY);
-"""
-_COLUMNS = "id, path, member, start_s, end_s, duration_s, captions, labels, fields"
-
-
-class _Sidecar:
-    """SQLite metadata store; every call holds one lock, so the connection can be shared by threads."""
-
-    def __init__(self, path: Path | None = None, *, read_only: bool = False) -> None:
-        self.lock = threading.RLock()
-        if path is None:
-            self.conn = sqlite3.connect(":memory:", check_same_thread=False)
-        elif read_only:
-            self.conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
-        else:  # work on an in-memory copy; `save` writes a fresh file
-            self.conn = sqlite3.connect(":memory:", check_same_thread=False)
-            src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            src.backup(self.conn)
-            src.close()
-        if not read_only:
-            self.conn.executescript(_SCHEMA)
-
-    def insert(self, ids: np.ndarray, entries: Sequence[Entry]) -> None:
-        rows = []
-        for i, e in zip(ids.tolist(), entries):
-            try:
-                fields = json.dumps(e.fields) if e.fields else "{}"
-            except TypeError as err:
-                raise ValueError(f"{e.path or f'entry {i}'}: user fields are not JSON-serialisable ({err})") from None
-            span = (float(e.start), _opt_float(e.end), _opt_float(e.duration))
-            texts = (_json_list(e.captions), _json_list(e.labels))
-            rows.append((i, str(e.path), e.member, *span, *texts, fields))
-        with self.lock:
-            self.conn.executemany(f"INSERT INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
-
-    def fetch(self, ids: Iterable[int]) -> dict[int, Entry]:
-        ids = sorted({int(i) for i in ids if i >= 0})
-        out: dict[int, Entry] = {}
-        with self.lock:
-            for s in range(0, len(ids), _SQL_CHUNK):
-                part = ids[s : s + _SQL_CHUNK]
-                sql = f"SELECT {_COLUMNS} FROM entries WHERE id IN ({','.join('?' * len(part))})"
-                for row in self.conn.execute(sql, part):
-                    out[row[0]] = _row_entry(row)
-        return out
-
-    def delete(self, ids: Sequence[int]) -> list[int]:
-        present = sorted(self.fetch(ids))
-        with self.lock:
-            self.conn.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in present])
-        return present
-
-    def count(self) -> int:
-        with self.lock:
-            return int(self.conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
-
-    def iter_entries(self) -> Iterator[tuple[int, Entry]]:
-        with self.lock:
-            rows = self.conn.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY id").fetchall()
-        for row in rows:
-            yield row[0], _row_entry(row)
-
-    def tombstones(self) -> np.ndarray:
-        with self.lock:
-            return np.array([r[0] for r in self.conn.execute("SELECT id FROM tombstones")], dtype=np.int64)
-
-    def add_tombstones(self, ids: Sequence[int]) -> None:
-        with self.lock:
-            self.conn.executemany("INSERT OR IGNORE INTO tombstones (id) VALUES (?)", [(int(i),) for i in ids])
-
-    def commit(self) -> None:
-        with self.lock:
-            self.conn.commit()
-
-    def rollback(self) -> None:
-        with self.lock:
-            self.conn.rollback()
-
-    def backup_to(self, path: Path) -> None:
-        dest = sqlite3.connect(path)
-        try:
-            with self.lock:
-                self.conn.commit()
-                self.conn.backup(dest)
-        finally:
-            dest.close()
-
-
-def _json_list(items: Sequence[str]) -> str:
-    return json.dumps(list(items)) if items else "[]"
-
-
-def _opt_float(x: float | None) -> float | None:
-    return None if x is None else float(x)
-
-
-def _row_entry(row: tuple) -> Entry:
-    _, path, member, start, end, duration, captions, labels, fields = row
-    return Entry(path, start, end, duration, json.loads(captions), json.loads(labels), member, json.loads(fields))
-
-
-# --------------------------------------------------------------------------------------------- the index
 class AudioIndex:
     """FAISS vectors + SQLite metadata for audio search by text, by audio, or by embedding.
 
@@ -506,7 +110,7 @@ class AudioIndex:
         self.metric = metric
         self.index_spec = index
         self.model_info = model_info
-        self.memory_budget = parse_bytes(memory_budget)
+        self.memory_budget = parse_bytes(memory_budget, "memory budget")
         self.expected_size = expected_size
         self.train_size = train_size
         self.policy = policy or IndexPolicy()
@@ -516,9 +120,10 @@ class AudioIndex:
         self.plan: IndexPlan | None = None
         self.window: dict[str, float] | None = None
         self.read_only = False
+        self.model_dir: Path | None = None  # the model saved in the folder this index was loaded from
         self._faiss: faiss.Index | None = None
         self._kind = ""
-        self._db = _Sidecar()
+        self._db = Sidecar()
         self._tombstones = np.zeros(0, dtype=np.int64)
         self._exclude: tuple | None = None  # (IDSelectorBatch, IDSelectorNot) over the tombstones
         self._next_id = 0
@@ -564,32 +169,25 @@ class AudioIndex:
         Raises:
             ValueError: the model is not the one the index was built with.
         """
-        self._check_model(model)
+        check_model(self.model_info, self.dim, model)
         self.model = model
 
     def load_model(self, device: str | torch.device | None = None) -> ClapModel:
-        """Load the model named in the manifest (``model_info.source``), check it and attach it."""
-        from clapkit.factory import load
+        """Load the index's model, check it and attach it: the model saved in the index folder
+        (``save(dir, with_model=True)``) if there is one, else the one named by ``model_info.source``."""
+        from clapkit.factory import load  # imported on use: the model stack takes seconds to import
 
-        if self.model is None:
-            if self.model_info is None:
-                raise ValueError("this index records no model; attach one with index.attach(model)")
+        if self.model is not None:
+            return self.model
+        if self.model_dir is not None:
+            self.attach(load(self.model_dir, device=device))
+        elif self.model_info is None:
+            raise ValueError("this index records no model; attach one with index.attach(model)")
+        elif is_untrained_architecture(self.model_info.source):
+            raise untrained_error(self.model_info)  # loading it would draw new random layers
+        else:
             self.attach(load(self.model_info.source, device=device))
         return self.model
-
-    def _check_model(self, model: ClapModel) -> None:
-        if model.embed_dim != self.dim:
-            raise ValueError(f"the model embeds into {model.embed_dim} dims but the index holds {self.dim}-dim vectors")
-        if self.model_info is None:
-            return
-        sha = weights_sha256(model)
-        if sha != self.model_info.weights_sha256 or model.config.name != self.model_info.name:
-            raise ValueError(
-                f"model mismatch: the index was built with {self.model_info.name!r} "
-                f"(weights sha256 {self.model_info.weights_sha256[:12]}…, source {self.model_info.source}), "
-                f"got {model.config.name!r} (weights sha256 {sha[:12]}…); load the model the index was "
-                "built with, or rebuild the index with this model"
-            )
 
     # ------------------------------------------------------------------ FAISS plumbing
     @property
@@ -618,10 +216,10 @@ class AudioIndex:
             # Polysemous codes only serve Hamming-filtered search, which we do not use; training them is slow.
             faiss.downcast_index(ivf).do_polysemous_training = False
         self._faiss = index
-        self._kind = _kind_of(self._faiss)
+        self._kind = kind_of(self._faiss)
         self.plan = plan
         if self._kind == "ivf" and self.search_defaults["nprobe"] is None:
-            self.search_defaults["nprobe"] = self._default_nprobe()
+            self.search_defaults["nprobe"] = default_nprobe(self._faiss)
 
     def prepare(self, n: int | None = None) -> IndexPlan:
         """Fix the FAISS layout now, for ``n`` vectors (default ``expected_size``); returns the plan."""
@@ -634,12 +232,7 @@ class AudioIndex:
         """Training sample size the layout wants (0 when it needs no training); ``prepare`` first."""
         if self._faiss is None:
             raise ValueError("the layout is not fixed yet; call prepare(n) first")
-        return 0 if self._faiss.is_trained else (self.train_size or self._default_train_size())
-
-    def _default_nprobe(self) -> int:
-        nlist = faiss.extract_index_ivf(self._faiss).nlist
-        # A 1/64 slice of the lists, at least 8: recall@10 ≥ 0.95 on clustered embeddings (benchmarks/).
-        return int(min(nlist, max(8, nlist // 64)))
+        return 0 if self._faiss.is_trained else (self.train_size or default_train_points(self._faiss))
 
     @property
     def is_trained(self) -> bool:
@@ -656,27 +249,17 @@ class AudioIndex:
             self._ensure_faiss(len(x))
             if self._faiss.is_trained:
                 return
-            need = self._min_train()
+            need = min_train_points(self._faiss)
             if len(x) < need:
                 raise ValueError(
                     f"{self.key} needs at least {need} training vectors, got {len(x)}; add more vectors at once, "
                     "pass a larger sample to train(), or choose a smaller index (index='flat' or 'hnsw')"
                 )
-            size = self.train_size or self._default_train_size()
+            size = self.train_size or default_train_points(self._faiss)
             if len(x) > size:
                 rows = np.sort(np.random.default_rng(self.seed).choice(len(x), size, replace=False))
                 x = x[rows]
             self._faiss.train(x)
-
-    def _min_train(self) -> int:
-        ivf = faiss.extract_index_ivf(self._faiss)
-        pq = getattr(faiss.downcast_index(ivf), "pq", None)
-        return max(ivf.nlist, 2**pq.nbits if pq is not None else 1)
-
-    def _default_train_size(self) -> int:
-        ivf = faiss.extract_index_ivf(self._faiss)
-        pq = getattr(faiss.downcast_index(ivf), "pq", None)
-        return max(40 * ivf.nlist, 10_000 if pq is not None else 0)
 
     def _vectors(self, x: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
         if isinstance(x, torch.Tensor):
@@ -725,7 +308,9 @@ class AudioIndex:
                 self.train(x)
             ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
             try:
-                for s in tqdm(range(0, len(x), _ADD_CHUNK), desc="index add", unit="chunk", disable=not progress):
+                for s in progress_bar(
+                    range(0, len(x), _ADD_CHUNK), desc="index add", unit="chunk", disable=not progress
+                ):
                     self._db.insert(ids[s : s + _ADD_CHUNK], rows[s : s + _ADD_CHUNK])
                     self._faiss.add_with_ids(x[s : s + _ADD_CHUNK], ids[s : s + _ADD_CHUNK])
             except BaseException:
@@ -761,9 +346,6 @@ class AudioIndex:
         Returns:
             The ids of all windows added, source by source.
         """
-        from clapkit.audio import load_audio
-        from clapkit.index_sources import embed_windows
-
         model = self._require_model()
         window_seconds = window_seconds or model.config.audio.clip_seconds
         hop_seconds = hop_seconds or model.config.audio.hop_seconds
@@ -838,32 +420,9 @@ class AudioIndex:
 
     # ------------------------------------------------------------------ searching
     def _search_params(self, k: int, nprobe: int | None, ef_search: int | None) -> tuple[Any, list]:
-        keep: list = []  # FAISS parameter objects hold raw pointers: keep the Python objects alive
         nprobe = nprobe or self.search_defaults.get("nprobe")
-        ef = max(ef_search or self.search_defaults.get("ef_search") or 0, k)
-        inner = self._faiss.index if isinstance(self._faiss, faiss.IndexIDMap2) else self._faiss
-        inner = faiss.downcast_index(inner)
-        pre = isinstance(inner, faiss.IndexPreTransform)
-        if pre:
-            inner = faiss.downcast_index(inner.index)
-        if isinstance(inner, faiss.IndexIVF):
-            params = faiss.SearchParametersIVF(nprobe=int(nprobe or 1))
-            if isinstance(faiss.downcast_index(inner.quantizer), faiss.IndexHNSW):
-                qp = faiss.SearchParametersHNSW(efSearch=max(64, 2 * int(nprobe or 1)))
-                keep.append(qp)
-                params.quantizer_params = qp
-        elif isinstance(inner, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW(efSearch=int(ef))
-        else:
-            params = faiss.SearchParameters()
-        if self._exclude is not None:
-            keep.append(self._exclude)
-            params.sel = self._exclude[1]
-        if pre:
-            keep.append(params)
-            params = faiss.SearchParametersPreTransform(index_params=params)
-        keep.append(params)
-        return params, keep
+        ef_search = ef_search or self.search_defaults.get("ef_search")
+        return search_params(self._faiss, k, nprobe, ef_search, self._exclude)
 
     def knn(
         self,
@@ -912,7 +471,7 @@ class AudioIndex:
             ladder = [2**i for i in range(int(math.log2(top)) + 1)] + ([top] if top & (top - 1) else [])
         else:
             name, ladder = "ef_search", [16, 32, 64, 128, 256, 512, 1024]
-            truth = self._exact_ids(q, k)
+            truth = exact_graph_ids(self._faiss, q, k, self._tombstones)
         for value in ladder:
             ids = self.knn(q, k, **{name: value})[1]
             recall = float(np.mean([len(set(a) & set(b) - {-1}) / k for a, b in zip(ids, truth)]))
@@ -920,15 +479,6 @@ class AudioIndex:
                 break
         self.search_defaults[name] = value
         return {"param": name, "value": value, "recall": recall}
-
-    def _exact_ids(self, q: np.ndarray, k: int) -> np.ndarray:
-        """Exact top-k ids of an IDMap2-wrapped graph, by a brute-force scan of its stored vectors [Q, k]."""
-        storage = faiss.downcast_index(faiss.downcast_index(self._faiss.index).storage)
-        _, internal = storage.search(q, k + len(self._tombstones))
-        ids = faiss.vector_to_array(self._faiss.id_map)[internal]
-        ids[internal < 0] = -1
-        keep = ~np.isin(ids, self._tombstones)
-        return np.array([row[mask][:k] for row, mask in zip(ids, keep)])
 
     def search(
         self,
@@ -1005,51 +555,30 @@ class AudioIndex:
             "tombstones": len(self._tombstones),
         }
 
-    def save(self, directory: str | os.PathLike) -> Path:
+    def save(self, directory: str | os.PathLike, *, with_model: bool = False) -> Path:
         """Write ``manifest.json``, ``index.faiss`` and ``metadata.sqlite`` under a temporary name, then
         rename the folder into place (``clapkit.io.atomic_replace_dir``: an interrupted save leaves the previous
-        index intact)."""
-        directory = Path(directory)
-        with atomic_replace_dir(directory) as tmp:
-            with self._lock:
-                if self._faiss is not None:
-                    faiss.write_index(self._faiss, str(tmp / FAISS_FILE))
-                self._db.backup_to(tmp / METADATA_FILE)
-                manifest = {
-                    "format": FORMAT,
-                    "version": FORMAT_VERSION,
-                    **self.describe(),
-                    "index_spec": self.index_spec,
-                    "next_id": self._next_id,
-                    "memory_budget": self.memory_budget,
-                    "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "files": {"faiss": FAISS_FILE if self._faiss is not None else None, "metadata": METADATA_FILE},
-                }
-            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        return directory
+        index intact).
+
+        Args:
+            with_model: Also save the attached model in the folder (``model/``, a ``save_pretrained`` folder),
+                which ``load_model`` then prefers: for a model that cannot be loaded again by name.
+        """
+        model = self._require_model() if with_model else None
+        with self._lock:
+            manifest = {
+                **self.describe(),
+                "index_spec": self.index_spec,
+                "next_id": self._next_id,
+                "memory_budget": self.memory_budget,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            return write_folder(directory, self._faiss, self._db, manifest, model)
 
     @staticmethod
     def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-        """The manifest of a saved index (no FAISS or SQLite loading).
-
-        Raises:
-            ValueError: not a clapkit index folder, or a newer format.
-        """
-        path = Path(directory) / MANIFEST_FILE
-        if not path.is_file():
-            raise ValueError(f"{directory}: no {MANIFEST_FILE}; expected a folder written by AudioIndex.save")
-        try:
-            manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: malformed JSON ({err})") from None
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a clapkit audio index manifest (format {manifest.get('format')!r})")
-        if int(manifest.get("version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{path}: index format version {manifest['version']} is newer than this clapkit reads")
-        missing = [k for k in ("dim", "metric", "index", "search_defaults", "files") if k not in manifest]
-        if missing:
-            raise ValueError(f"{path}: manifest lacks {', '.join(missing)}; the folder is corrupt, rebuild the index")
-        return manifest
+        """The manifest of a saved index, without loading it (``clapkit.index.store.read_manifest``)."""
+        return read_manifest(directory)
 
     @classmethod
     def load(
@@ -1066,7 +595,7 @@ class AudioIndex:
             ValueError: a missing or corrupt folder, or a different model.
         """
         directory = Path(directory)
-        m = cls.read_manifest(directory)
+        m = read_manifest(directory)
         info = ModelInfo(**m["model"]) if m.get("model") else None
         index = cls(
             int(m["dim"]),
@@ -1079,18 +608,11 @@ class AudioIndex:
         )
         index.window = m.get("window")
         index._next_id = int(m.get("next_id", 0))
-        if (directory / METADATA_FILE).is_file():
-            index._db = _Sidecar(directory / METADATA_FILE, read_only=read_only)
-        else:
-            raise ValueError(f"{directory}: missing {METADATA_FILE}")
+        index.model_dir = directory / m["files"]["model"] if m["files"].get("model") else None
+        index._db = read_sidecar(directory, read_only)
         if m["files"].get("faiss"):
-            try:
-                index._faiss = faiss.read_index(str(directory / m["files"]["faiss"]))
-            except RuntimeError as err:
-                raise ValueError(f"{directory / FAISS_FILE}: cannot read the FAISS index ({err})") from None
-            if index._faiss.d != index.dim:
-                raise ValueError(f"{directory}: FAISS index has dim {index._faiss.d}, manifest says {index.dim}")
-            index._kind = _kind_of(index._faiss)
+            index._faiss = read_faiss(directory, m, index.dim)
+            index._kind = kind_of(index._faiss)
             index.plan = IndexPlan(**m["plan"]) if m.get("plan") else IndexPlan(index._kind, m["index"], 0)
         index._set_tombstones(index._db.tombstones())
         index.read_only = read_only

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from clapkit import audio as audio_io
-from clapkit.data.files import AUDIO_EXTENSIONS
+from clapkit.data.files import AUDIO_EXTENSIONS, find_audio_files
+from clapkit.progress import progress_bar
 
 if TYPE_CHECKING:
     from clapkit.model import ClapModel
@@ -102,11 +102,8 @@ def expand_inputs(paths: Iterable[str | Path]) -> tuple[list[str], list[str]]:
     for p in paths:
         path = Path(p).expanduser().absolute()
         if path.is_dir():
-            for f in sorted(path.rglob("*")):
-                if f.suffix.lower() in AUDIO_EXTENSIONS:
-                    files.append(str(f))
-                elif f.suffix.lower() in SHARD_EXTENSIONS:
-                    shards.append(str(f))
+            files.extend(str(f) for f in find_audio_files(path))
+            shards.extend(str(f) for f in find_audio_files(path, SHARD_EXTENSIONS))
         elif path.is_file():
             if path.suffix.lower() in SHARD_EXTENSIONS:
                 shards.append(str(path))
@@ -265,7 +262,7 @@ def embed_windows(
             parts.append(model.embed_audio(waves, batch_size=batch_size, autocast_dtype=autocast_dtype))
             waves.clear()
 
-    for meta, wave in tqdm(items, desc="embed", unit="clip", total=total, disable=not progress):
+    for meta, wave in progress_bar(items, desc="embed", unit="clip", total=total, disable=not progress):
         duration = len(wave) / rate
         for w in cut_windows(wave, rate, window_seconds, hop_seconds):
             waves.append(w.wave)

@@ -10,23 +10,24 @@ from pathlib import Path
 __all__ = ["add_commands"]
 
 
-def _dtype(name: str | None):
-    import torch
-
-    return {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
 def _cmd_build(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from clapkit.factory import load
+    from clapkit.cli_helpers import load_model, parse_dtype, untrained_message
     from clapkit.index import AudioIndex
-    from clapkit.index_sources import decoded_clips, embed_windows, expand_inputs, iter_clips
+    from clapkit.index.identity import is_untrained_architecture
+    from clapkit.index.sources import decoded_clips, embed_windows, expand_inputs, iter_clips
 
+    untrained = is_untrained_architecture(args.model)
+    if untrained and not args.allow_untrained:
+        raise ValueError(
+            f"{untrained_message(args.model)} An index built from it could not be searched again (each load draws "
+            "new random layers); give --allow-untrained to build one anyway, with the model stored in the index."
+        )
     files, shards = expand_inputs(args.inputs)
     if not files and not shards:
         raise ValueError("no audio files or .tar shards found in the given paths")
-    model = load(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
     skipped: list[str] = []
 
     def on_error(name: str, err: Exception) -> None:
@@ -39,7 +40,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         window_seconds=args.window_seconds,
         hop_seconds=args.hop_seconds,
         batch_size=args.batch_size,
-        autocast_dtype=_dtype(args.precision),
+        autocast_dtype=parse_dtype(args.precision),
         progress=True,
         total=len(files) if not shards else None,
     )
@@ -56,7 +57,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         "seconds": args.window_seconds or model.config.audio.clip_seconds,
         "hop_seconds": args.hop_seconds or model.config.audio.hop_seconds,
     }
-    index.save(args.out)
+    # An untrained model is saved with the index: loading its name again would draw different random layers.
+    index.save(args.out, with_model=untrained)
     print(f"indexed {len(index)} windows as {index.key} ({index.plan.reason}) → {args.out}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable clips, e.g.:", *skipped[:5], sep="\n  ", file=sys.stderr)
@@ -71,14 +73,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from clapkit.factory import load
+    from clapkit.cli_helpers import load_model
     from clapkit.index import AudioIndex
 
     if (args.text is None) == (args.audio is None):
         raise ValueError('give a text query or --audio FILE (not both), e.g. clapkit search DIR "a dog barking"')
     index = AudioIndex.load(args.index, read_only=True)
     if args.model:
-        index.attach(load(args.model, device=args.device))
+        index.attach(load_model(args.model, device=args.device))
     else:
         index.load_model(device=args.device)
     query = {"text": args.text} if args.text is not None else {"audio": args.audio}
@@ -110,14 +112,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "For large collections use `python -m retrieval embed` + `build` (parallel decoding, resumable).",
     )
     b.add_argument("inputs", nargs="+", help="audio files, .tar shards (<key>.flac + <key>.json) or folders")
-    b.add_argument("--model", required=True, help="save_pretrained folder (or registered name) of the encoder")
+    b.add_argument(
+        "--model",
+        required=True,
+        help="save_pretrained folder of the trained encoder (a registered architecture name is refused: its "
+        "projections are random; see --allow-untrained)",
+    )
+    b.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="accept a registered architecture name for --model (pretrained towers, random projections: the "
+        "vectors are not meaningful); the model is saved in the index folder so the index can be searched",
+    )
     b.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
     b.add_argument(
         "--index",
         default="auto",
         help="auto | flat | hnsw | ivf-flat | ivf-pq | a faiss index_factory string (default: auto)",
     )
-    b.add_argument("--memory-budget", default="8GiB", help="for --index auto: memory the index may use (8GiB)")
+    b.add_argument(
+        "--memory-budget",
+        default="8GiB",
+        help="for --index auto: memory the index may use; bytes, or kB/MB/GB/TB (powers of 1000) or "
+        "KiB/MiB/GiB/TiB (powers of 1024) (default: 8GiB)",
+    )
     b.add_argument(
         "--target-recall",
         type=float,
@@ -138,14 +156,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "search",
         help="query an index by text or by an audio clip",
         description='Search an index folder: `clapkit search DIR "a dog barking" -k 10` or '
-        "`clapkit search DIR --audio query.wav`. The model named in the index manifest is loaded unless "
-        "--model is given; a different model is refused.",
+        "`clapkit search DIR --audio query.wav`. The model named in the index manifest (or stored in the index "
+        "folder by `index build --allow-untrained`) is loaded unless --model is given; a different model is refused.",
     )
     s.add_argument("index", type=Path, help="index folder written by `clapkit index build`")
     s.add_argument("text", nargs="?", help="text query")
     s.add_argument("--audio", help="query by this audio file instead (audio → audio similarity)")
     s.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
-    s.add_argument("--model", help="model folder (default: the one recorded in the index)")
+    s.add_argument("--model", help="model folder (default: the one stored in or recorded by the index)")
     s.add_argument("--device", default=None, help="torch device (default: cpu)")
     s.add_argument("--nprobe", type=int, help="IVF lists to visit (default: the index's)")
     s.add_argument("--ef-search", type=int, help="HNSW search breadth (default: the index's)")

@@ -1,0 +1,116 @@
+"""Which model produced an index's vectors: its name, a hash of its weights and how to load it again."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from clapkit.model import ClapModel
+
+__all__ = ["ModelInfo", "check_model", "is_untrained_architecture", "model_info", "untrained_error", "weights_sha256"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model produced an index's vectors.
+
+    Attributes:
+        name: The model config's name.
+        weights_sha256: Hash of the state dict (see ``weights_sha256``).
+        embed_dim: Embedding width.
+        sample_rate: Audio input rate [Hz].
+        source: How to load it again: a registered name or a ``save_pretrained`` directory.
+    """
+
+    name: str
+    weights_sha256: str
+    embed_dim: int
+    sample_rate: int
+    source: str = ""
+
+
+_HASH_CACHE: dict[int, tuple[tuple, str]] = {}
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 over the state dict (names, dtypes, shapes and bytes, in name order).
+
+    Cached per model until any tensor is modified in place (an optimizer step) or replaced.
+    """
+    state = model.state_dict()
+    stamp = tuple((k, v.data_ptr(), v._version) for k, v in sorted(state.items()))
+    cached = _HASH_CACHE.get(id(model))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    _HASH_CACHE[id(model)] = (stamp, digest.hexdigest())
+    return digest.hexdigest()
+
+
+def model_info(model: ClapModel, source: str | os.PathLike | None = None) -> ModelInfo:
+    """Identity of ``model``; ``source`` says how to load it (default: its config name)."""
+    if source is not None and Path(source).expanduser().is_dir():
+        source = str(Path(source).expanduser().resolve())
+    return ModelInfo(
+        name=model.config.name,
+        weights_sha256=weights_sha256(model),
+        embed_dim=model.embed_dim,
+        sample_rate=model.sample_rate,
+        source=str(source) if source is not None else model.config.name,
+    )
+
+
+def is_untrained_architecture(source: str | os.PathLike) -> bool:
+    """Whether ``clapkit.load(source)`` builds a registered architecture instead of restoring trained weights.
+
+    Such a model has its pretrained towers but randomly initialised projections, drawn anew on every load: its
+    embeddings are not meaningful, and the same model cannot be loaded again to query an index built with it.
+    """
+    # Imported on use: the model stack takes seconds to import, and indexes of bare embeddings never need it.
+    from clapkit.factory import list_models
+
+    return str(source) in list_models() and not Path(source).expanduser().exists()
+
+
+def untrained_error(info: ModelInfo) -> ValueError:
+    """Why an index built from an untrained architecture name cannot be queried by text or audio."""
+    return ValueError(
+        f"the index was built with the architecture name {info.source!r}, i.e. an untrained model whose projection "
+        "layers are randomly initialised on every load: the model behind these vectors cannot be rebuilt, so the "
+        "index cannot be searched by text or audio (and its vectors are not meaningful); rebuild it from a trained "
+        "save_pretrained folder (`clapkit index build --model DIR`), or with --allow-untrained to keep the model "
+        "in the index folder"
+    )
+
+
+def check_model(info: ModelInfo | None, dim: int, model: ClapModel) -> None:
+    """Refuse ``model`` unless it embeds into ``dim`` dims and, when ``info`` is known, is that very model.
+
+    Raises:
+        ValueError: a different width, name or weights hash; the message says which and what to do.
+    """
+    if model.embed_dim != dim:
+        raise ValueError(f"the model embeds into {model.embed_dim} dims but the index holds {dim}-dim vectors")
+    if info is None:
+        return
+    sha = weights_sha256(model)
+    if sha == info.weights_sha256 and model.config.name == info.name:
+        return
+    if is_untrained_architecture(info.source):
+        raise untrained_error(info)
+    raise ValueError(
+        f"model mismatch: the index was built with {info.name!r} "
+        f"(weights sha256 {info.weights_sha256[:12]}…, source {info.source}), "
+        f"got {model.config.name!r} (weights sha256 {sha[:12]}…); load the model the index was "
+        "built with, or rebuild the index with this model"
+    )
