@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from clapkit.config import MelConfig
-from clapkit.factory import CONFIG_DIR
+from clapkit.config import CONFIG_DIR
 from clapkit.features import LAION_PRESET, LogMel
 
 

@@ -24,7 +24,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 from clapkit.config import AudioConfig, ModelConfig, merge
 from clapkit.data.reader import ReaderConfig, ShardReader
 from clapkit.evaluate.retrieval import retrieval_metrics
-from clapkit.factory import create_model, load, load_state
+from clapkit.checkpoint import load_state
+from clapkit.factory import create_model, load
 from clapkit.losses import LOSSES
 from clapkit.model import ClapModel
 from train.cache import TowerCache, waveform_keys
