@@ -2,8 +2,8 @@
 
 One model — clapkit-small (frozen, pretrained) → mlp2x_gelu → SmolLM2-135M-Instruct (the packaged GGUF,
 dequantized to float32; ``--llm random`` uses a randomly initialised Llama of the same shape instead) with
-peft LoRA (r 8, all linear layers), eager attention (``--attn``) — built once by ``train.lalm.LalmModule`` and
-trained in turn by:
+peft LoRA (r 8, all linear layers), eager attention (``--attn``) — built once by ``train.lalm.build_lalm``,
+wrapped in ``train.lalm.LalmModule`` and trained in turn by:
 
 * clapkit: ``lightning.Trainer.fit`` of that ``LalmModule`` (its ``training_step``: the loss only, the LM head at
   answer positions; fused AdamW + warmup/cosine from ``train.optim``; gradient clipping 1.0; no logger or
@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.common import machine
 from clapkit.lalm import BATCH_KEYS, ConversationSample
-from train.lalm import LalmModule
+from train.lalm import LalmModule, build_lalm
 from train.optim import OptimConfig
 
 #: SmolLM2-135M's shape, for ``--llm random``.
@@ -160,10 +160,13 @@ def main() -> None:
     llm = "smollm2" if args.llm == "smollm2" else {"config": SMOLLM2_SHAPE, "tokenizer": "smollm2"}
     lr = 2e-4
     start = time.perf_counter()
+    model = build_lalm(
+        encoder="clapkit-small", llm=llm, projector="mlp2x_gelu", projector_params={"downsample": 2},
+        max_length=512, attn_implementation=args.attn,
+    )  # fmt: skip
     module = LalmModule(
-        stage=2, encoder="clapkit-small", llm=llm, projector="mlp2x_gelu", projector_params={"downsample": 2},
-        lora={"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}, optimizer=OptimConfig(lr=lr, weight_decay=0.0),
-        settings={"max_length": 512, "attn_implementation": args.attn},
+        model, stage=2, lora={"r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
+        optimizer=OptimConfig(lr=lr, weight_decay=0.0),
     )  # fmt: skip
     built = time.perf_counter() - start
     model = module.model

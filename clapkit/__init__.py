@@ -19,11 +19,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_audio": "clapkit.audio",
     "ModelConfig": "clapkit.config",
+    "get_model_config": "clapkit.config",
+    "list_models": "clapkit.config",
+    "register_model_config": "clapkit.config",
     "create_model": "clapkit.factory",
-    "get_model_config": "clapkit.factory",
-    "list_models": "clapkit.factory",
     "load": "clapkit.factory",
-    "register_model_config": "clapkit.factory",
     "save_pretrained": "clapkit.factory",
     "AudioIndex": "clapkit.index",
     "LOSSES": "clapkit.losses",
@@ -70,15 +70,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from clapkit.audio import load_audio
-    from clapkit.config import ModelConfig
-    from clapkit.factory import (
-        create_model,
-        get_model_config,
-        list_models,
-        load,
-        register_model_config,
-        save_pretrained,
-    )
+    from clapkit.config import ModelConfig, get_model_config, list_models, register_model_config
+    from clapkit.factory import create_model, load, save_pretrained
     from clapkit.index import AudioIndex
     from clapkit.losses import LOSSES
     from clapkit.model import ClapModel

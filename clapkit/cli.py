@@ -18,7 +18,7 @@ COMMAND_MODULES: list[str] = [
     "clapkit.evaluate.cli",
     "clapkit.data.cli",
     "clapkit.index.cli",
-    "clapkit.convert",
+    "clapkit.convert.cli",
     "clapkit.datasets.cli",
     "clapkit.lalm.cli",
 ]
@@ -52,7 +52,7 @@ def _expand(paths: list[str]) -> list[str]:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from clapkit.factory import get_model_config, list_models
+    from clapkit.config import get_model_config, list_models
 
     for name in list_models():
         cfg = get_model_config(name)

@@ -1,22 +1,45 @@
-"""Typed model configuration parsed from ``model_configs/*.json``.
+"""Typed model configuration and the registry of architectures (``model_configs/*.json``, file stem = name).
 
 A model config names an audio tower and a text tower (by registry name, with their own
 parameters), optional trainable sequence heads on top of them, the projections into the joint
 space and the audio input policy. Units are in the field comments.
+
+The registry is filled from ``model_configs/`` at import and by ``register_model_config``; ``list_models`` and
+``get_model_config`` read it, and ``clapkit.create_model`` builds from it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import dacite
 
+__all__ = [
+    "CONFIG_DIR",
+    "AudioConfig",
+    "HeadConfig",
+    "MelConfig",
+    "ModelConfig",
+    "ProjectionConfig",
+    "TowerConfig",
+    "from_mapping",
+    "get_model_config",
+    "list_models",
+    "merge",
+    "register_model_config",
+]
+
 T = TypeVar("T")
+
+#: Folder of the packaged architectures, one JSON file per model.
+CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 # Strict: unknown keys and wrong types are errors. YAML/JSON write 10 for 10.0 and lists for tuples, so ints
 # become floats and lists become tuples where the field says so.
@@ -164,3 +187,37 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+_CONFIGS: dict[str, dict[str, Any]] = {}
+
+
+def _scan() -> None:
+    for path in sorted(CONFIG_DIR.glob("*.json")):
+        with open(path) as f:
+            _CONFIGS[path.stem] = json.load(f)
+
+
+def list_models() -> list[str]:
+    """Names of the registered architectures."""
+    return sorted(_CONFIGS)
+
+
+def register_model_config(name: str, config: dict[str, Any] | str | Path) -> None:
+    """Add an architecture (a dict, or a JSON file) under ``name``."""
+    if not isinstance(config, dict):
+        with open(config) as f:
+            config = json.load(f)
+    ModelConfig.from_dict({**config, "name": name})  # validate now, not at first use
+    _CONFIGS[name] = config
+
+
+def get_model_config(name: str, **overrides: Any) -> ModelConfig:
+    """The typed config of a registered model, with nested ``overrides`` merged in."""
+    if name not in _CONFIGS:
+        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    return ModelConfig.from_dict(merge({**_CONFIGS[name], "name": name}, overrides))
+
+
+_scan()

@@ -1,4 +1,7 @@
-"""Model registry (``model_configs/*.json``, file stem = model name), ``create_model``, ``load``, ``save``."""
+"""The ways in to a model: ``create_model`` (a registered architecture), ``load`` and ``save_pretrained``.
+
+The architectures themselves are registered in ``clapkit.config`` (``list_models``, ``get_model_config``).
+"""
 
 from __future__ import annotations
 
@@ -7,47 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from clapkit.config import ModelConfig, merge
-from clapkit.io import atomic_replace_dir
-from clapkit.model import ClapModel
+from clapkit import convert
+from clapkit.checkpoint import load_state, read_safetensors
+from clapkit.config import ModelConfig, get_model_config, list_models
+from clapkit.model import CONFIG_FILE, FORMAT, WEIGHTS_FILE, ClapModel
 
-__all__ = ["create_model", "get_model_config", "list_models", "load", "register_model_config", "save_pretrained"]
-
-CONFIG_DIR = Path(__file__).parent / "model_configs"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT = "clapkit"
-
-_CONFIGS: dict[str, dict[str, Any]] = {}
-
-
-def _scan() -> None:
-    for path in sorted(CONFIG_DIR.glob("*.json")):
-        with open(path) as f:
-            _CONFIGS[path.stem] = json.load(f)
-
-
-def list_models() -> list[str]:
-    """Names of the registered architectures."""
-    return sorted(_CONFIGS)
-
-
-def register_model_config(name: str, config: dict[str, Any] | str | Path) -> None:
-    """Add an architecture (a dict, or a JSON file) under ``name``."""
-    if not isinstance(config, dict):
-        with open(config) as f:
-            config = json.load(f)
-    ModelConfig.from_dict({**config, "name": name})  # validate now, not at first use
-    _CONFIGS[name] = config
-
-
-def get_model_config(name: str, **overrides: Any) -> ModelConfig:
-    """The typed config of a registered model, with nested ``overrides`` merged in."""
-    if name not in _CONFIGS:
-        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
-    return ModelConfig.from_dict(merge({**_CONFIGS[name], "name": name}, overrides))
+__all__ = ["create_model", "load", "save_pretrained"]
 
 
 def create_model(name: str, *, pretrained: bool = True, device: str | torch.device | None = None, **overrides: Any):
@@ -67,18 +36,10 @@ def create_model(name: str, *, pretrained: bool = True, device: str | torch.devi
 def save_pretrained(model: ClapModel, directory: str | Path) -> Path:
     """Write ``config.json``, ``model.safetensors`` and tower files (tokenizers) to ``directory``.
 
-    The folder is written under a temporary name beside the target and renamed into place
-    (``clapkit.io.atomic_replace_dir``), so an interrupted save never leaves a half-written model where a
-    good one was.
+    The same as ``model.save_pretrained(directory)``: the folder is replaced atomically, and ``load(directory)``
+    restores the model.
     """
-    directory = Path(directory)
-    with atomic_replace_dir(directory) as tmp:
-        payload = {"format": FORMAT, "model": model.config.to_dict()}
-        (tmp / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        model.text_tower.save_extra(tmp)
-    return directory
+    return model.save_pretrained(directory)
 
 
 def _read_config(directory: Path) -> ModelConfig:
@@ -94,21 +55,16 @@ def _read_config(directory: Path) -> ModelConfig:
     return ModelConfig.from_dict(payload["model"])
 
 
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict ``load_state_dict`` with a readable report of missing / unexpected / mismatched keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        lines = [f"{source}: weights do not match the model architecture"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected)):
-            if keys:
-                lines.append(f"  {len(keys)} {title} keys: {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}")
-        for k in mismatched[:8]:
-            lines.append(f"  shape mismatch {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-        raise ValueError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
+def _load_folder(path: Path) -> ClapModel:
+    """A ``save_pretrained`` folder, restored exactly (eval mode)."""
+    if not (path / CONFIG_FILE).is_file():
+        raise ValueError(f"{path}: no {CONFIG_FILE}; expected a folder written by save_pretrained")
+    model = ClapModel(_read_config(path), pretrained=False, root=path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ValueError(f"{path}: no {WEIGHTS_FILE}")
+    load_state(model, read_safetensors(weights), str(weights))
+    return model.eval()
 
 
 def load(name_or_path: str | Path, *, device: str | torch.device | None = None) -> ClapModel:
@@ -118,26 +74,12 @@ def load(name_or_path: str | Path, *, device: str | torch.device | None = None) 
     exactly (config, weights, tokenizer), without touching the network. A LAION-CLAP / CompA-CLAP ``.pt`` file
     or a Hugging Face ClapModel folder is converted on the fly (``clapkit.convert.load_checkpoint``).
     """
-    from clapkit import convert  # imported here: convert builds on this module
-
     path = Path(name_or_path).expanduser()
     if convert.handles(path):
         model = convert.load_checkpoint(path)
     elif path.is_dir():
-        if not (path / CONFIG_FILE).is_file():
-            raise ValueError(f"{path}: no {CONFIG_FILE}; expected a folder written by save_pretrained")
-        config = _read_config(path)
-        model = ClapModel(config, pretrained=False, root=path)
-        weights = path / WEIGHTS_FILE
-        if not weights.is_file():
-            raise ValueError(f"{path}: no {WEIGHTS_FILE}")
-        try:
-            state = load_file(weights)
-        except Exception as err:
-            raise ValueError(f"{weights}: cannot read safetensors weights ({err})") from err
-        load_state(model, state, str(weights))
-        model.eval()
-    elif str(name_or_path) in _CONFIGS:
+        model = _load_folder(path)
+    elif str(name_or_path) in list_models():
         model = create_model(str(name_or_path)).eval()
     else:
         raise ValueError(
@@ -145,6 +87,3 @@ def load(name_or_path: str | Path, *, device: str | torch.device | None = None) 
             f"registered models: {', '.join(list_models())}"
         )
     return model.to(device) if device is not None else model
-
-
-_scan()

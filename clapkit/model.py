@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
@@ -13,12 +14,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from clapkit import audio as audio_io
+from clapkit.checkpoint import write_safetensors
 from clapkit.config import ModelConfig, ProjectionConfig
+from clapkit.io import atomic_replace_dir
 from clapkit.progress import progress_bar
 from clapkit.registry import Registry
 from clapkit.towers import AUDIO_TOWERS, TEXT_TOWERS, SequenceHead, TowerOutput
 
-__all__ = ["PROJECTIONS", "ClapModel"]
+__all__ = ["CONFIG_FILE", "FORMAT", "PROJECTIONS", "WEIGHTS_FILE", "ClapModel"]
+
+# A save_pretrained folder: CONFIG_FILE holds {"format": FORMAT, "model": ModelConfig}, WEIGHTS_FILE the state dict.
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "clapkit"
 
 PROJECTIONS: Registry = Registry("projection")
 
@@ -296,7 +304,16 @@ class ClapModel(nn.Module):
         return torch.cat(out).numpy()
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (+ tokenizer files); see ``clapkit.factory``."""
-        from clapkit.factory import save_pretrained
+        """Write ``config.json``, ``model.safetensors`` and tower files (tokenizers) to ``directory``.
 
-        return save_pretrained(self, directory)
+        The folder is written under a temporary name beside the target and renamed into place
+        (``clapkit.io.atomic_replace_dir``), so an interrupted save never leaves a half-written model where a
+        good one was. ``clapkit.load(directory)`` restores the model.
+        """
+        directory = Path(directory)
+        with atomic_replace_dir(directory) as tmp:
+            payload = {"format": FORMAT, "model": self.config.to_dict()}
+            (tmp / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
+            write_safetensors(self.state_dict(), tmp / WEIGHTS_FILE)
+            self.text_tower.save_extra(tmp)
+        return directory

@@ -44,7 +44,7 @@ def test_register_custom_architecture(tmp_path):
     try:
         assert "my-arch" in clapkit.list_models()
     finally:
-        clapkit.factory._CONFIGS.pop("my-arch")
+        clapkit.config._CONFIGS.pop("my-arch")
 
 
 def test_save_is_atomic_and_overwrites(tmp_path):

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from clapkit.config import MelConfig
-from clapkit.factory import CONFIG_DIR
+from clapkit.config import CONFIG_DIR, MelConfig
 from clapkit.features import LAION_PRESET, LogMel
 
 

@@ -21,10 +21,11 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import FSDPStrategy
 
+from clapkit.checkpoint import load_state
 from clapkit.config import AudioConfig, ModelConfig, merge
 from clapkit.data.reader import ReaderConfig, ShardReader
 from clapkit.evaluate.retrieval import retrieval_metrics
-from clapkit.factory import create_model, load, load_state
+from clapkit.factory import create_model, load
 from clapkit.losses import LOSSES
 from clapkit.model import ClapModel
 from train.cache import TowerCache, waveform_keys

@@ -1,9 +1,10 @@
 """Audio-language model training: ``python -m train lalm fit -c configs/lalm/<recipe>.yaml``.
 
-- :class:`LalmModule` wraps a ``clapkit.lalm.AudioLanguageModel`` built from an encoder, a projector and an
-  LLM (or loaded from a stage-1 adapter folder with ``init_from``) and sets the trainable parameters of its
-  stage with ``configure_stage``: stage 1 the projector only; stage 2 the projector and the LLM through
-  LoRA (peft) or in full, optionally with the encoder's audio tower.
+- :class:`LalmModule` trains the ``clapkit.lalm.AudioLanguageModel`` it is given and sets the trainable parameters
+  of its stage with ``configure_stage``: stage 1 the projector only; stage 2 the projector and the LLM through
+  LoRA (peft) or in full, optionally with the encoder's audio tower. In a config the model is a ``class_path``:
+  :class:`LalmFromParts` (:func:`build_lalm`: a fresh model from its parts' names) or :class:`LalmFromAdapter`
+  (:func:`load_adapter`: an adapter folder, e.g. the stage-1 result).
 - :class:`LalmDataModule` streams conversation shards (``clapkit.lalm.ConversationReader``); in stage 2 it
   mixes stage-1 and text-only conversations back in with ``clapkit.lalm.replay_mix`` against forgetting.
 - :func:`main` is the LightningCLI, with the ``checkpoint`` section of the CLAP app. Checkpoints hold the
@@ -22,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import webdataset as wds
+from jsonargparse import class_from_function
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import FSDPStrategy
@@ -45,17 +47,19 @@ from train.callbacks import Checkpoint, ThroughputCallback
 from train.clap import build_clap_model
 from train.optim import OptimConfig, build_optimizer, build_scheduler, freeze_zero_lr
 
-__all__ = ["LalmDataModule", "LalmModule", "TokensPerSecond", "build_lalm", "build_llm", "main"]
+__all__ = [
+    "LalmDataModule",
+    "LalmFromAdapter",
+    "LalmFromParts",
+    "LalmModule",
+    "TokensPerSecond",
+    "build_lalm",
+    "build_llm",
+    "load_adapter",
+    "main",
+]
 
-#: ``LalmConfig`` fields a run may set through ``model.settings``.
-_SETTINGS = (
-    "system_prompt",
-    "max_length",
-    "max_audio_seconds",
-    "encoder_batch",
-    "max_new_tokens",
-    "attn_implementation",
-)
+_DEFAULTS = LalmConfig()  # the defaults of the settings build_lalm passes on to LalmConfig
 
 
 def build_llm(spec: str | dict[str, Any], *, gguf_file: str | None = None, dtype: str | None = None):
@@ -107,13 +111,34 @@ def build_lalm(
     llm_dtype: str | None = None,
     projector: str = "mlp2x_gelu",
     projector_params: dict[str, Any] | None = None,
-    settings: dict[str, Any] | None = None,
+    system_prompt: str | None = _DEFAULTS.system_prompt,
+    max_length: int | None = _DEFAULTS.max_length,
+    max_audio_seconds: float | None = _DEFAULTS.max_audio_seconds,
+    encoder_batch: int = _DEFAULTS.encoder_batch,
+    max_new_tokens: int = _DEFAULTS.max_new_tokens,
+    attn_implementation: str | None = _DEFAULTS.attn_implementation,
     seed: int = 0,
 ) -> AudioLanguageModel:
-    """A fresh ``AudioLanguageModel`` (stage 1) from its parts' names; see :class:`LalmModule` for the arguments."""
-    unknown = set(settings or {}) - set(_SETTINGS)
-    if unknown:
-        raise ValueError(f"model.settings: unknown keys {sorted(unknown)}; valid keys: {', '.join(_SETTINGS)}")
+    """A fresh ``AudioLanguageModel`` (stage 1) from its parts' names.
+
+    Args:
+        encoder: Registered clapkit model or ``save_pretrained`` folder (frozen unless stage 2 unfreezes it).
+        encoder_overrides: Nested config overrides of the encoder (``clapkit.create_model`` keywords).
+        encoder_pretrained: Load the encoder towers' pretrained weights.
+        llm: ``"smollm2"`` (packaged SmolLM2-135M-Instruct), a transformers folder / ``.gguf`` / cached hub id,
+            or a random-init config dict (see :func:`build_llm`).
+        gguf_file: GGUF file inside an ``llm`` folder.
+        llm_dtype: ``bfloat16`` | ``float16`` | ``float32`` (``None``: as stored).
+        projector: Name in ``clapkit.lalm.PROJECTORS`` (``linear``, ``mlp2x_gelu``, ``qformer``, ``xattn``).
+        projector_params: Keyword arguments of the projector (``downsample``, ``num_queries``, ``every`` …).
+        system_prompt: ``LalmConfig.system_prompt`` (``None``: the chat template's own default).
+        max_length: ``LalmConfig.max_length``: text tokens per conversation, before audio tokens.
+        max_audio_seconds: ``LalmConfig.max_audio_seconds`` [s]: longer clips are cut.
+        encoder_batch: ``LalmConfig.encoder_batch``: encoder windows per forward pass.
+        max_new_tokens: ``LalmConfig.max_new_tokens``: default generation length.
+        attn_implementation: ``LalmConfig.attn_implementation`` (``eager`` trains faster on CPU).
+        seed: Seed of the random parts (encoder heads, projector, a random-init LLM).
+    """
     folder = Path(encoder).exists()
     torch.manual_seed(seed)  # random encoder heads and projector: the same on every rank and on resume
     enc, _ = build_clap_model(
@@ -136,33 +161,44 @@ def build_lalm(
         projector=projector,
         projector_params=dict(projector_params or {}),
         llm_dtype=llm_dtype,
-        **(settings or {}),
+        system_prompt=system_prompt,
+        max_length=max_length,
+        max_audio_seconds=max_audio_seconds,
+        encoder_batch=encoder_batch,
+        max_new_tokens=max_new_tokens,
+        attn_implementation=attn_implementation,
     )
     return AudioLanguageModel(enc, proj, model_llm, tokenizer, config)
+
+
+def load_adapter(directory: str) -> AudioLanguageModel:
+    """An adapter folder written by ``save_pretrained`` (e.g. the stage-1 result), to train further.
+
+    Its encoder, LLM, projector and tokenizer all come from the folder (``clapkit.lalm.load``).
+    """
+    return load(directory)
+
+
+# The two ways to get the model in a config, as ``class_path`` / ``init_args`` of ``LalmModule``'s ``model``:
+# jsonargparse's class_from_function makes each function a subclass of AudioLanguageModel whose init_args are the
+# function's parameters. (load_adapter takes the folder only: when the command line switches class_path, init_args
+# of the same name are carried over, and clapkit.lalm.load's encoder / llm would then override the folder's.)
+LalmFromParts = class_from_function(build_lalm, AudioLanguageModel, name="LalmFromParts")
+LalmFromAdapter = class_from_function(load_adapter, AudioLanguageModel, name="LalmFromAdapter")
 
 
 class LalmModule(pl.LightningModule):
     """An ``AudioLanguageModel`` trained on the assistant tokens of conversations.
 
     Args:
+        model: The model to train: in a config a ``class_path`` with its ``init_args``, either
+            :class:`LalmFromParts` (the :func:`build_lalm` arguments: encoder, LLM, projector and settings) or
+            :class:`LalmFromAdapter` (:func:`load_adapter`'s ``directory``: an adapter folder written by
+            ``save_pretrained``, e.g. the stage-1 result).
         stage: 1 = projector only (alignment); 2 = projector + LLM (instruction tuning).
-        init_from: Start from an adapter folder written by ``save_pretrained`` (e.g. the stage-1 result);
-            the part arguments below are then taken from that folder and ignored.
-        encoder: Registered clapkit model or ``save_pretrained`` folder (frozen unless ``unfreeze_encoder``).
-        encoder_overrides: Nested config overrides of the encoder (``clapkit.create_model`` keywords).
-        encoder_pretrained: Load the encoder towers' pretrained weights.
-        llm: ``"smollm2"`` (packaged SmolLM2-135M-Instruct), a transformers folder / ``.gguf`` / cached hub id,
-            or a random-init config dict (see :func:`build_llm`).
-        gguf_file: GGUF file inside an ``llm`` folder.
-        llm_dtype: ``bfloat16`` | ``float16`` | ``float32`` (``None``: as stored).
-        projector: Name in ``clapkit.lalm.PROJECTORS`` (``linear``, ``mlp2x_gelu``, ``qformer``, ``xattn``).
-        projector_params: Keyword arguments of the projector (``downsample``, ``num_queries``, ``every`` …).
-        settings: ``LalmConfig`` fields: ``system_prompt``, ``max_length``, ``max_audio_seconds``,
-            ``encoder_batch``, ``max_new_tokens``, ``attn_implementation`` (``eager`` trains faster on CPU).
         lora: Stage 2: peft ``LoraConfig`` arguments (``{"r": 8, "lora_alpha": 16}``; all linear layers by default).
         full_llm: Stage 2: train every LLM weight instead of LoRA adapters.
         unfreeze_encoder: Stage 2: also train the encoder's audio tower and head.
-        seed: Seed of the random parts (encoder heads, projector, a random-init LLM).
         optimizer: AdamW, warmup + cosine, per-prefix learning rates (prefixes ``model.projector``,
             ``model.llm``, ``model.encoder``).
         export_dir: Where the adapter is written when training ends (default: ``<default_root_dir>/stage<N>``).
@@ -170,21 +206,11 @@ class LalmModule(pl.LightningModule):
 
     def __init__(
         self,
+        model: AudioLanguageModel,
         stage: int = 1,
-        init_from: str | None = None,
-        encoder: str = "clapkit-small",
-        encoder_overrides: dict[str, Any] | None = None,
-        encoder_pretrained: bool = True,
-        llm: str | dict[str, Any] = DEFAULT_LLM,
-        gguf_file: str | None = None,
-        llm_dtype: str | None = None,
-        projector: str = "mlp2x_gelu",
-        projector_params: dict[str, Any] | None = None,
-        settings: dict[str, Any] | None = None,
         lora: dict[str, Any] | None = None,
         full_llm: bool = False,
         unfreeze_encoder: bool = False,
-        seed: int = 0,
         optimizer: OptimConfig | None = None,
         export_dir: str | None = None,
     ) -> None:
@@ -192,19 +218,13 @@ class LalmModule(pl.LightningModule):
         if isinstance(optimizer, dict):  # hparams restored from a checkpoint
             optimizer = OptimConfig(**optimizer)
         self.optim = optimizer or OptimConfig(lr=1e-3 if stage == 1 else 2e-4, weight_decay=0.0)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["model"])  # the model's own settings live in its config
         self.hparams["optimizer"] = asdict(self.optim)  # plain types: checkpoints load with weights_only
         if stage not in (1, 2):
             raise ValueError(f"model.stage must be 1 (projector only) or 2 (projector + LLM), got {stage!r}")
         if stage == 2 and lora is None and not full_llm:
             raise ValueError("model.stage 2 trains the LLM: set model.lora (e.g. {r: 8, lora_alpha: 16}) or full_llm")
-        if init_from is not None:
-            self.model = load(init_from)
-        else:
-            self.model = build_lalm(
-                encoder, encoder_overrides, encoder_pretrained, llm, gguf_file, llm_dtype, projector,
-                projector_params, settings, seed,
-            )  # fmt: skip
+        self.model = model
         self.stage = stage
         if stage == 1:
             self.counts = configure_stage(self.model, 1)

@@ -4,24 +4,24 @@
   CompA-CLAP's, which use the same format: ``laion.py``.
 - Hugging Face ``ClapModel`` folders (``save_pretrained`` output, e.g. ``laion/clap-htsat-unfused``): ``hf.py``.
 
-``clapkit.load(path)`` calls ``load_checkpoint`` for these; ``clapkit convert SRC --out DIR`` (``convert``) writes a
-clapkit ``save_pretrained`` folder that loads offline, tokenizer included. Loading is strict: every weight of the
-clapkit model must come from the checkpoint, and every checkpoint key must be used or be in a documented list of
-keys that do not affect the embeddings (``laion.DROPPED``); anything else raises ``ValueError`` with a report.
+``clapkit.load(path)`` calls ``load_checkpoint`` for these; ``convert`` (and the ``clapkit convert SRC --out DIR``
+command, ``cli.py``) writes a clapkit ``save_pretrained`` folder that loads offline, tokenizer included. Loading is
+strict: every weight of the clapkit model must come from the checkpoint, and every checkpoint key must be used or be
+in a documented list of keys that do not affect the embeddings (``laion.DROPPED``); anything else raises
+``ValueError`` with a report.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
-from clapkit.config import ModelConfig
+from clapkit.checkpoint import load_state, read_torch_state
+from clapkit.config import ModelConfig, get_model_config
 from clapkit.convert import hf, laion
-from clapkit.factory import get_model_config, load_state, save_pretrained
 from clapkit.model import ClapModel
 
-__all__ = ["add_commands", "convert", "handles", "load_checkpoint"]
+__all__ = ["convert", "convert_with_report", "handles", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _with_tokenizer(config: dict, tokenizer: str | Path | None, source: str) -> 
 
 
 def _read_laion(path: Path, tokenizer: str | Path | None) -> tuple[dict, dict, list[str]]:
-    state = laion.read_checkpoint(path)
+    state = read_torch_state(path)
     width = state.get("audio_branch.patch_embed.proj.weight")
     base = get_model_config(_LAION_BASES.get(width.shape[0] if width is not None else 0, _LAION_BASES[96])).to_dict()
     config = _with_tokenizer(laion.laion_config(state, base, str(path)), tokenizer, str(path))
@@ -63,8 +63,11 @@ def _read_hf(path: Path, tokenizer: str | Path | None) -> tuple[dict, dict, list
     return config, mapped, dropped
 
 
-def _convert(path: str | Path, tokenizer: str | Path | None = None) -> tuple[ClapModel, list[str]]:
-    """The converted model (eval mode) and the checkpoint keys left out as not affecting the embeddings."""
+def convert_with_report(path: str | Path, tokenizer: str | Path | None = None) -> tuple[ClapModel, list[str]]:
+    """The converted model (eval mode) and the checkpoint keys left out as not affecting the embeddings.
+
+    See ``load_checkpoint`` for the arguments.
+    """
     path = Path(path).expanduser()
     if hf.is_hf_clap_dir(path):
         config, state, dropped = _read_hf(path, tokenizer)
@@ -101,51 +104,9 @@ def load_checkpoint(path: str | Path, *, tokenizer: str | Path | None = None) ->
     Raises:
         ValueError: Unreadable or unsafe file, another architecture, a fusion model, or weights that do not match.
     """
-    return _convert(path, tokenizer)[0]
+    return convert_with_report(path, tokenizer)[0]
 
 
 def convert(src: str | Path, out: str | Path, *, tokenizer: str | Path | None = None) -> Path:
     """Convert ``src`` (see ``load_checkpoint``) into a clapkit ``save_pretrained`` folder at ``out``."""
-    return save_pretrained(load_checkpoint(src, tokenizer=tokenizer), out)
-
-
-def _summary(dropped: list[str]) -> list[str]:
-    """One line per reason for the dropped keys."""
-    lines: dict[str, list[str]] = {}
-    for key in dropped:
-        why = laion.dropped_reason(key) or hf.dropped_reason(key)
-        lines.setdefault(why, []).append(key)
-    return [f"  {len(keys)} × {keys[0]}{' …' if len(keys) > 1 else ''}: {why}" for why, keys in lines.items()]
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    model, dropped = _convert(args.src, args.tokenizer)
-    out = save_pretrained(model, args.out)
-    cfg = model.config
-    print(
-        f"wrote {out}: audio={cfg.audio_tower.name} text={cfg.text_tower.name} dim={cfg.embed_dim} "
-        f"rate={cfg.audio.sample_rate} Hz; every model weight loaded from {args.src}"
-    )
-    if dropped:
-        print(f"left out {len(dropped)} checkpoint keys that do not affect the embeddings:")
-        print("\n".join(_summary(dropped)))
-    return 0
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "convert",
-        help="convert a LAION-CLAP / CompA-CLAP .pt file or a Hugging Face ClapModel folder",
-        description="Load a LAION-CLAP or CompA-CLAP .pt checkpoint (unfused HTSAT) or a Hugging Face ClapModel "
-        "folder strictly, and write a clapkit model folder (config.json, model.safetensors, tokenizer) that "
-        "clapkit.load() opens offline. Pickles are read with torch.load(weights_only=True); a mismatch between "
-        "checkpoint and architecture is reported key by key.",
-    )
-    p.add_argument("src", help="checkpoint file (.pt) or Hugging Face ClapModel folder")
-    p.add_argument("--out", required=True, help="output folder (replaced atomically if it exists)")
-    p.add_argument(
-        "--tokenizer",
-        help="RoBERTa tokenizer folder or hub id (default: the HF folder's own, else FacebookAI/roberta-base "
-        "from the Hugging Face cache)",
-    )
-    p.set_defaults(func=_cmd_convert)
+    return load_checkpoint(src, tokenizer=tokenizer).save_pretrained(out)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+
+from clapkit.checkpoint import read_safetensors, read_torch_state
 
 __all__ = ["dropped_reason", "hf_config", "hf_state", "is_hf_clap_dir", "read_hf_weights"]
 
@@ -137,14 +138,9 @@ def hf_config(folder: Path, base: dict[str, Any], tokenizer: str | None = None) 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The folder's ``model.safetensors``, or ``pytorch_model.bin`` read with ``weights_only=True``."""
     if (folder / "model.safetensors").is_file():
-        try:
-            return load_file(folder / "model.safetensors")
-        except Exception as err:
-            raise ValueError(f"{folder / 'model.safetensors'}: cannot read safetensors weights ({err})") from err
+        return read_safetensors(folder / "model.safetensors")
     if (folder / "pytorch_model.bin").is_file():
-        from clapkit.convert.laion import read_checkpoint
-
-        return read_checkpoint(folder / "pytorch_model.bin")
+        return read_torch_state(folder / "pytorch_model.bin")
     raise ValueError(f"{folder}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
 
 

@@ -12,19 +12,15 @@ the HTSAT names on the clapkit side are transformers' ``ClapAudioModel`` (transf
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torchaudio
 
 from clapkit.config import MelConfig, merge
 
-__all__ = ["DROPPED", "check_filterbank", "dropped_reason", "laion_config", "laion_state", "read_checkpoint"]
+__all__ = ["DROPPED", "check_filterbank", "dropped_reason", "laion_config", "laion_state"]
 
 #: Checkpoint keys (regular expressions) that no clapkit module holds, and why leaving them out does not change
 #: the embeddings.
@@ -51,51 +47,6 @@ _HTSAT_BLOCK_RENAMES = (
 )
 _AUDIO_PREFIX = "audio_tower.model.audio_encoder."
 _TEXT_PREFIX = "text_tower.model."
-# Numpy scalars (e.g. a metric logged into the checkpoint) are plain data; nothing else outside torch's
-# weights-only allowlist is let through.
-_SAFE_NUMPY = [
-    (np.core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-    np.dtype,
-    *{type(np.dtype(t)) for t in "fdil"},
-]
-
-
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict of a ``.pt`` file, unpickled by ``torch.load(weights_only=True)``.
-
-    Accepts LAION's ``{"state_dict": …}`` layout or a bare state dict, and strips DDP's ``module.`` prefix.
-
-    Raises:
-        ValueError: The file is truncated, not a PyTorch checkpoint, or pickles anything other than tensors
-            and plain data (which is refused without being executed).
-    """
-    try:
-        with torch.serialization.safe_globals(_SAFE_NUMPY):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-            what = f" (it references {found.group(1)})" if found else ""
-            raise ValueError(
-                f"{path}: refused to unpickle{what}: the file holds objects other than tensors and plain data, "
-                "which could run code when loaded; re-save its state_dict with torch.save, or convert it to "
-                "safetensors, from a trusted environment"
-            ) from None
-        raise ValueError(f"{path}: not a PyTorch checkpoint ({err})") from None
-    except Exception as err:  # torch.load raises RuntimeError, EOFError, KeyError… on bad bytes
-        raise ValueError(
-            f"{path}: cannot read it as a PyTorch checkpoint ({type(err).__name__}: {str(err)[:200]}); "
-            "the file is truncated, corrupt or not a checkpoint — download it again"
-        ) from None
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(
-            f"{path}: not a model checkpoint: expected a state dict of tensors (or LAION's "
-            f"{{'state_dict': …}}), found {type(obj).__name__}"
-        )
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
 
 
 def _count(state: dict[str, torch.Tensor], pattern: str) -> int:

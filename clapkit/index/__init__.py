@@ -26,7 +26,7 @@ Modules, one job each:
 from __future__ import annotations
 
 from clapkit.index.audio_index import AudioIndex
-from clapkit.index.identity import ModelInfo, model_info, weights_sha256
+from clapkit.index.identity import ModelInfo, model_info
 from clapkit.index.layout import INDEX_TYPES, IndexPlan, IndexPolicy, choose_index
 from clapkit.index.records import Entry, Hit
 
@@ -40,5 +40,4 @@ __all__ = [
     "ModelInfo",
     "choose_index",
     "model_info",
-    "weights_sha256",
 ]

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
+from clapkit.checkpoint import weights_sha256
+from clapkit.config import list_models
 
 if TYPE_CHECKING:
     from clapkit.model import ClapModel
 
-__all__ = ["ModelInfo", "check_model", "is_untrained_architecture", "model_info", "untrained_error", "weights_sha256"]
+__all__ = ["ModelInfo", "check_model", "is_untrained_architecture", "model_info", "untrained_error"]
 
 
 @dataclass(frozen=True)
@@ -35,28 +35,6 @@ class ModelInfo:
     source: str = ""
 
 
-_HASH_CACHE: dict[int, tuple[tuple, str]] = {}
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 over the state dict (names, dtypes, shapes and bytes, in name order).
-
-    Cached per model until any tensor is modified in place (an optimizer step) or replaced.
-    """
-    state = model.state_dict()
-    stamp = tuple((k, v.data_ptr(), v._version) for k, v in sorted(state.items()))
-    cached = _HASH_CACHE.get(id(model))
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    _HASH_CACHE[id(model)] = (stamp, digest.hexdigest())
-    return digest.hexdigest()
-
-
 def model_info(model: ClapModel, source: str | os.PathLike | None = None) -> ModelInfo:
     """Identity of ``model``; ``source`` says how to load it (default: its config name)."""
     if source is not None and Path(source).expanduser().is_dir():
@@ -76,9 +54,6 @@ def is_untrained_architecture(source: str | os.PathLike) -> bool:
     Such a model has its pretrained towers but randomly initialised projections, drawn anew on every load: its
     embeddings are not meaningful, and the same model cannot be loaded again to query an index built with it.
     """
-    # Imported on use: the model stack takes seconds to import, and indexes of bare embeddings never need it.
-    from clapkit.factory import list_models
-
     return str(source) in list_models() and not Path(source).expanduser().exists()
 
 

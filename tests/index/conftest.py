@@ -12,7 +12,6 @@ import soundfile as sf
 import webdataset as wds
 
 import clapkit
-from clapkit import factory
 from tests.conftest import TINY_OVERRIDES, TINY_RATE, tone
 
 DIM = 32
@@ -56,6 +55,6 @@ def make_shard(path, clips):
 def register_tiny_architecture(monkeypatch: pytest.MonkeyPatch, name: str = "tiny-untrained") -> str:
     """Register the tiny test model as an architecture name (for this test only), as ``clapkit-small`` is one:
     ``clapkit.load(name)`` then builds it with fresh random layers on every call."""
-    config = json.loads((Path(factory.CONFIG_DIR) / "htsat-tiny.json").read_text())
-    monkeypatch.setitem(factory._CONFIGS, name, clapkit.config.merge(config, TINY_OVERRIDES))
+    config = json.loads((Path(clapkit.config.CONFIG_DIR) / "htsat-tiny.json").read_text())
+    monkeypatch.setitem(clapkit.config._CONFIGS, name, clapkit.config.merge(config, TINY_OVERRIDES))
     return name

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from clapkit.index import AudioIndex, model_info, weights_sha256
+from clapkit.checkpoint import weights_sha256
+from clapkit.index import AudioIndex, model_info
 from tests.conftest import build_tiny_model
 from tests.index.conftest import DIM
 

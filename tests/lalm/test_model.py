@@ -377,3 +377,15 @@ def test_load_rejects_other_folders(tmp_path):
     (tmp_path / "lalm_config.json").write_text('{"format": "something"}')
     with pytest.raises(ValueError, match="not a clapkit LALM config"):
         clapkit.lalm.load(tmp_path)
+    # A config with a key this version does not know, or a value of the wrong type: named with the file.
+    (tmp_path / "lalm_config.json").write_text(json.dumps({"format": "clapkit-lalm", "config": {"encoders": "x"}}))
+    with pytest.raises(ValueError, match=r"lalm_config\.json: unknown keys \['encoders'\]; valid keys: .*'encoder'"):
+        clapkit.lalm.load(tmp_path)
+
+
+def test_lalm_config_parses_strictly():
+    cfg = clapkit.lalm.LalmConfig.from_dict({"max_audio_seconds": 30, "projector_params": {"downsample": 2}})
+    assert cfg.max_audio_seconds == 30.0 and isinstance(cfg.max_audio_seconds, float)  # JSON's 30 for 30.0
+    assert clapkit.lalm.LalmConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"LALM config: .*\"max_length\".*int"):
+        clapkit.lalm.LalmConfig.from_dict({"max_length": "long"})

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from clapkit.factory import get_model_config
+from clapkit.config import get_model_config
 from clapkit.towers.aisfx import AisfxTower, load_aisfx_state_dict
 
 

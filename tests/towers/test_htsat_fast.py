@@ -9,7 +9,7 @@ import torch
 from transformers import ClapAudioConfig, ClapAudioModel
 from transformers.models.clap.modeling_clap import ClapAudioEncoder
 
-from clapkit.factory import get_model_config
+from clapkit.config import get_model_config
 from clapkit.towers import onednn
 from clapkit.towers.htsat import HTSATTower
 from clapkit.towers.htsat_fast import FastClapAudioEncoder, disable_fast_htsat, enable_fast_htsat

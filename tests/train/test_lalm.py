@@ -94,11 +94,18 @@ def _common(tmp_path: Path) -> list[str]:
     return ["-c", str(overlay), "--trainer.default_root_dir", str(tmp_path)]
 
 
+def _tiny_parts() -> dict:
+    """The build_lalm arguments of tiny_stage1.yaml."""
+    model = yaml.safe_load((CONFIGS / "tiny_stage1.yaml").read_text())["model"]["model"]
+    assert model["class_path"] == "train.lalm.LalmFromParts"
+    return model["init_args"]
+
+
 def _stage1_args(data: dict[str, Path], tmp_path: Path) -> list[str]:
-    llm = yaml.safe_load((CONFIGS / "tiny_stage1.yaml").read_text())["model"]["llm"]
+    llm = _tiny_parts()["llm"]
     llm["tokenizer"] = str(data["tokenizer"])
     args = ["fit", "-c", str(CONFIGS / "tiny_stage1.yaml"), *_common(tmp_path)]
-    args += ["--model.llm", json.dumps(llm), "--model.export_dir", str(tmp_path / "stage1")]
+    args += ["--model.model.init_args.llm", json.dumps(llm), "--model.export_dir", str(tmp_path / "stage1")]
     return [*args, "--data.stage1_shards", str(data["stage1"]), "--data.val_shards", str(data["stage1"])]
 
 
@@ -115,7 +122,7 @@ def test_stage1_then_stage2_lora_then_load(lalm_data, tmp_path, monkeypatch):
 
     # Stage 2 from the stage-1 adapter: LoRA + projector, with stage-1 and text-only replay.
     args = ["fit", "-c", str(CONFIGS / "tiny_stage2.yaml"), *_common(tmp_path)]
-    args += ["--model.init_from", str(stage1), "--model.export_dir", str(tmp_path / "stage2")]
+    args += ["--model.model.init_args.directory", str(stage1), "--model.export_dir", str(tmp_path / "stage2")]
     args += ["--data.stage2_shards", str(lalm_data["stage2"]), "--data.stage1_shards", str(lalm_data["stage1"])]
     args += ["--data.text_shards", str(lalm_data["text"])]
     cli = main(args)
@@ -158,6 +165,13 @@ def test_stage2_requires_lora_or_full_llm(lalm_data, tmp_path, monkeypatch):
         main(args)
 
 
+def test_model_arguments_are_checked_before_anything_is_built(lalm_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main([*_stage1_args(lalm_data, tmp_path), "--model.model.init_args.max_lenght", "64"])
+    assert "max_lenght" in capsys.readouterr().err
+
+
 RECIPES = ["llaso", "salmonn", "afcross"]
 
 
@@ -166,14 +180,14 @@ def test_recipes_stage2_dry_run(recipe, lalm_data, tmp_path, monkeypatch):
     """Each recipe's projector, stage-2 LoRA / full-LLM and replay settings, on the tiny encoder and a tiny Llama."""
     stage = 2
     monkeypatch.chdir(tmp_path)
-    tiny = yaml.safe_load((CONFIGS / "tiny_stage1.yaml").read_text())["model"]
+    tiny = _tiny_parts()
     llm = {**tiny["llm"], "tokenizer": str(lalm_data["tokenizer"])}
     llm["config"] = {**llm["config"], "hidden_size": 36, "num_attention_heads": 2}  # 36 = 9 xattn heads × 4
     args = ["fit", "-c", str(CONFIGS / f"{recipe}.yaml"), *_common(tmp_path), "--trainer.fast_dev_run", "true"]
     args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true"]
-    args += ["--trainer.logger", "false", "--model.stage", str(stage), "--model.llm", json.dumps(llm)]
-    args += ["--model.encoder", "htsat-tiny", "--model.encoder_pretrained", "false"]
-    args += ["--model.encoder_overrides", json.dumps(tiny["encoder_overrides"])]
+    args += ["--trainer.logger", "false", "--model.stage", str(stage), "--model.model.init_args.llm", json.dumps(llm)]
+    args += ["--model.model.init_args.encoder", "htsat-tiny", "--model.model.init_args.encoder_pretrained", "false"]
+    args += ["--model.model.init_args.encoder_overrides", json.dumps(tiny["encoder_overrides"])]
     args += ["--data.batch_size", "2", "--data.num_workers", "0", "--data.resampled", "false"]
     for name in ("stage1", "stage2", "text"):
         args += [f"--data.{name}_shards", str(lalm_data[name])]
