@@ -19,7 +19,6 @@ COMMAND_MODULES: list[str] = [
     "clapkit.data.cli",
     "clapkit.index_cli",
     "clapkit.convert",
-    "clapkit.datasets.cli",
     "clapkit.lalm.cli",
 ]
 

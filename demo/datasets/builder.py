@@ -36,8 +36,9 @@ import soundfile as sf
 import torch
 
 from clapkit.audio import load_audio
-from clapkit.datasets.classmap import ClassMap, ClassSpec, PackageSpec, SourceSpec, load_class_map
-from clapkit.datasets.curation import (
+from clapkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from demo.datasets.classmap import ClassMap, ClassSpec, PackageSpec, SourceSpec, load_class_map
+from demo.datasets.curation import (
     ProcessConfig,
     assign_splits,
     find_duplicates,
@@ -45,10 +46,9 @@ from clapkit.datasets.curation import (
     process_clip,
     signature,
 )
-from clapkit.datasets.licenses import Dep5, parse_dep5
-from clapkit.datasets.rcc import RccArchive
-from clapkit.datasets.render import NoteRenderer, note_name, register
-from clapkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from demo.datasets.licenses import Dep5, parse_dep5
+from demo.datasets.rcc import RccArchive
+from demo.datasets.render import NoteRenderer, note_name, register
 
 __all__ = ["BuildResult", "ClipRecord", "build_dataset", "check_class_map", "format_summary"]
 
