@@ -19,15 +19,12 @@ no longer produced, so a second build only re-reads the sources.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
-import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +32,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from clapkit.audio import load_audio
 from clapkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from demo.datasets.classmap import ClassMap, ClassSpec, PackageSpec, SourceSpec, load_class_map
-from demo.datasets.curation import (
-    ProcessConfig,
-    assign_splits,
-    find_duplicates,
-    plan_segments,
-    process_clip,
-    signature,
-)
-from demo.datasets.licenses import Dep5, parse_dep5
-from demo.datasets.rcc import RccArchive
-from demo.datasets.render import NoteRenderer, note_name, register
+from demo.datasets.classmap import ClassMap, load_class_map
+from demo.datasets.curation import ProcessConfig, assign_splits, find_duplicates, process_clip, signature
+from demo.datasets.sources import Job, Sources, collect_jobs, sha1_hex
 
 __all__ = ["BuildResult", "ClipRecord", "build_dataset", "check_class_map", "format_summary"]
 
@@ -61,8 +48,6 @@ INDEX_NAME = "index.csv"
 SUMMARY_NAME = "summary.json"
 CLASS_MAP_NAME = "class_map.json"
 CLIPS_DIR = "clips"
-#: Velocities below this are captioned "soft", the rest "loud".
-SOFT_BELOW = 80
 
 
 @dataclass
@@ -102,25 +87,6 @@ class ClipRecord:
 
 
 @dataclass
-class _Job:
-    """One clip to make: where its audio comes from and how it is labeled."""
-
-    cls: ClassSpec
-    source: SourceSpec
-    package: PackageSpec
-    origin: str  # package:path, shown to users
-    source_file: str
-    name: str
-    group: str
-    segment: tuple[float, float] | None
-    captions: list[str]
-    attributes: dict[str, Any]
-    license: str
-    content_key: str
-    read: Callable[[], torch.Tensor] = field(repr=False)
-
-
-@dataclass
 class BuildResult:
     """What a build produced.
 
@@ -152,210 +118,12 @@ class BuildResult:
         return out
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "clip"
-
-
-def _sha1(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
-
-
-class _Sources:
-    """Opens package files, Qt resource archives and SoundFonts once per build."""
-
-    def __init__(self, cmap: ClassMap) -> None:
-        self.cmap = cmap
-        self._rcc: dict[Path, RccArchive] = {}
-        self._dep5: dict[str, Dep5 | None] = {}
-        self._renderers: dict[Path, NoteRenderer] = {}
-        self._hashes: dict[Path, str] = {}
-
-    def rcc(self, path: Path) -> RccArchive:
-        if path not in self._rcc:
-            self._rcc[path] = RccArchive(path)
-        return self._rcc[path]
-
-    def license(self, package: PackageSpec, relative: str) -> str:
-        if package.name not in self._dep5:
-            cp = package.copyright
-            self._dep5[package.name] = parse_dep5(cp) if cp is not None and cp.is_file() else None
-        dep5 = self._dep5[package.name]
-        found = dep5.license(package.upstream_path(relative)) if dep5 is not None else None
-        return found or package.license
-
-    def renderer(self, path: Path) -> NoteRenderer:
-        if path not in self._renderers:
-            self._renderers[path] = NoteRenderer(path, self.cmap.process.sample_rate)
-        return self._renderers[path]
-
-    def file_hash(self, path: Path) -> str:
-        if path not in self._hashes:
-            h = hashlib.sha1()
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
-            self._hashes[path] = h.hexdigest()
-        return self._hashes[path]
-
-
-def _excluded(cls: ClassSpec, package: str, rcc: str | None, relative: str) -> bool:
-    return any(ex.package == package and ex.rcc == rcc and ex.file == relative for ex in cls.excluded)
-
-
-def _exists(package: PackageSpec, rcc: str | None, relative: str, opened: _Sources) -> bool:
-    if rcc is None:
-        return (package.root / relative).is_file()
-    archive = package.root / rcc
-    return archive.is_file() and relative in opened.rcc(archive)
-
-
-def _pick(paths: list[str], max_files: int | None) -> list[str]:
-    if max_files is None or len(paths) <= max_files:
-        return paths
-    return sorted(sorted(paths, key=lambda p: _sha1(p.encode()))[:max_files])
-
-
-def _decode_once(raw: bytes, name: str, rate: int, uses: int) -> Callable[[], torch.Tensor]:
-    """A reader that decodes ``raw`` on first use and forgets it after ``uses`` reads (one per segment)."""
-    cache: dict[str, torch.Tensor] = {}
-    left = [uses]
-
-    def read() -> torch.Tensor:
-        wave = cache.get("wave")
-        if wave is None:
-            wave = load_audio(raw, rate, name=name)
-        left[0] -= 1
-        if left[0] > 0:
-            cache["wave"] = wave
-        else:
-            cache.clear()
-        return wave
-
-    return read
-
-
-def _file_jobs(cls: ClassSpec, src: SourceSpec, pkg: PackageSpec, opened: _Sources, rate: int) -> Iterator[_Job]:
-    """Jobs of a ``files`` source: one per matched file and segment."""
-    if src.rcc is not None:
-        archive_path = pkg.root / src.rcc
-        archive = opened.rcc(archive_path)
-        matched = sorted({m for pattern in src.files for m in archive.glob(pattern)})
-        matched = [m for m in matched if not _excluded(cls, pkg.name, src.rcc, m)]
-        where = f"{src.rcc}:"
-    else:
-        matched = sorted({str(p.relative_to(pkg.root)) for pattern in src.files for p in pkg.root.glob(pattern)})
-        matched = [m for m in matched if not _excluded(cls, pkg.name, None, m)]
-        where = ""
-    if not matched:
-        raise FileNotFoundError(f"classes.{cls.name}: {pkg.name} has no {where}{' '.join(src.files)} under {pkg.root}")
-    for relative in _pick(matched, src.max_files):
-        if src.rcc is not None:
-            raw = archive.read(relative)
-            source_file = f"{archive_path}:/{relative}"
-        else:
-            raw = (pkg.root / relative).read_bytes()
-            source_file = str(pkg.root / relative)
-        origin = f"{pkg.name}:{where}{relative}"
-        try:
-            segments = plan_segments(sf.info(io.BytesIO(raw)).duration, src.segments, src.chunk_seconds)
-        except (sf.LibsndfileError, RuntimeError):
-            segments = [None]  # unreadable: decoding reports it, and the clip is skipped and counted
-        read = _decode_once(raw, origin, rate, len(segments))
-        stem = _slug(Path(relative).stem)
-        for k, seg in enumerate(segments):
-            suffix = f"-s{k + 1}" if seg is not None else ""
-            yield _Job(
-                cls=cls,
-                source=src,
-                package=pkg,
-                origin=origin,
-                source_file=source_file,
-                name=f"{pkg.short}-{stem}{suffix}",
-                group=f"{pkg.name}:{src.group}" if src.group else origin,
-                segment=seg,
-                captions=list(src.captions),
-                attributes=dict(src.attributes),
-                license=opened.license(pkg, relative),
-                content_key=_sha1(raw),
-                read=read,
-            )
-
-
-def _render_captions(cmap: ClassMap, cls: ClassSpec, drums: bool, values: dict[str, Any]) -> list[str]:
-    templates = cmap.render_captions.get("drums" if drums else "pitched", ())
-    return [t.format(label=cls.label, **values) for t in templates]
-
-
-def _render_jobs(cmap: ClassMap, cls: ClassSpec, src: SourceSpec, pkg: PackageSpec, opened: _Sources) -> Iterator[_Job]:
-    """Jobs of a ``render`` source: one per key and velocity; both velocities of a key share a group."""
-    spec = src.render
-    assert spec is not None and pkg.soundfont is not None
-    sf2 = pkg.root / pkg.soundfont
-    if not sf2.is_file():
-        raise FileNotFoundError(f"classes.{cls.name}: SoundFont {sf2} not found")
-    renderer = opened.renderer(sf2)
-    preset = renderer.preset_name(spec.program, spec.bank, spec.drums) or "?"
-    for key in spec.keys:
-        for vel in spec.velocities:
-            dynamics = "soft" if vel < SOFT_BELOW else "loud"
-            if spec.drums:
-                attributes = {"drum_key": key, "preset": preset, "velocity": vel, "dynamics": dynamics}
-                attributes["hits"] = spec.hits
-                tag, group_tag = f"drum{key:03d}-v{vel:03d}", f"drum{key}"
-            else:
-                attributes = {"program": spec.program, "preset": preset, "key": key, "pitch": note_name(key)}
-                attributes |= {"register": register(key), "velocity": vel, "dynamics": dynamics}
-                tag, group_tag = f"p{spec.program:03d}-{_slug(note_name(key))}-v{vel:03d}", f"p{spec.program}-k{key}"
-            params = {**asdict(spec), "key": key, "velocity": vel}
-            what = "drums" if spec.drums else f"program={spec.program}"
-            origin = f"{pkg.name}:{pkg.soundfont}#{what},key={key},velocity={vel}"
-
-            def read(key: int = key, vel: int = vel) -> torch.Tensor:
-                audio = renderer.render(
-                    key,
-                    vel,
-                    program=spec.program,
-                    bank=spec.bank,
-                    drums=spec.drums,
-                    hold_seconds=spec.hold_seconds,
-                    release_seconds=spec.release_seconds,
-                    hits=spec.hits,
-                    interval_seconds=spec.interval_seconds,
-                )
-                return torch.from_numpy(audio)
-
-            yield _Job(
-                cls=cls,
-                source=src,
-                package=pkg,
-                origin=origin,
-                source_file=str(sf2),
-                name=f"{pkg.short}-{tag}",
-                group=f"{pkg.name}:{group_tag}",
-                segment=None,
-                captions=list(src.captions) + _render_captions(cmap, cls, spec.drums, attributes),
-                attributes={**attributes, **src.attributes},
-                license=opened.license(pkg, pkg.soundfont),
-                content_key=_sha1(json.dumps([opened.file_hash(sf2), params], sort_keys=True).encode()),
-                read=read,
-            )
-
-
-def _fingerprint(job: _Job, cfg: ProcessConfig) -> str:
+def _fingerprint(job: Job, cfg: ProcessConfig) -> str:
     payload = [PROCESS_VERSION, asdict(cfg), job.content_key, job.segment, job.origin]
-    return _sha1(json.dumps(payload, sort_keys=True).encode())[:16]
+    return sha1_hex(json.dumps(payload, sort_keys=True).encode())[:16]
 
 
-def _unique_names(jobs: list[_Job]) -> None:
-    seen: dict[tuple[str, str], int] = defaultdict(int)
-    for job in jobs:
-        key = (job.cls.name, job.name)
-        seen[key] += 1
-        if seen[key] > 1:
-            job.name = f"{job.name}-{_sha1(job.origin.encode())[:6]}"
-
-
-def _captions(job: _Job) -> list[str]:
+def _captions(job: Job) -> list[str]:
     out: list[str] = []
     for text in job.captions + list(job.cls.captions):
         if text not in out:
@@ -383,39 +151,6 @@ def _load_previous(out_dir: Path) -> dict[str, ClipRecord]:
     return previous
 
 
-def _collect(
-    cmap: ClassMap, opened: _Sources, skip_missing: bool
-) -> tuple[list[_Job], list[str], list[dict[str, str]]]:
-    missing = sorted(name for name, pkg in cmap.packages.items() if not pkg.root.exists())
-    if missing and not skip_missing:
-        raise FileNotFoundError(
-            f"Debian packages not installed: {', '.join(missing)}; install them with "
-            f"`apt-get install {' '.join(missing)}` (or `make venv`), or pass skip_missing=True"
-        )
-    jobs: list[_Job] = []
-    skipped: list[dict[str, str]] = []
-    rate = cmap.process.sample_rate
-    for cls in cmap.classes.values():
-        for ex in cls.excluded:
-            if ex.package not in missing and not _exists(cmap.packages[ex.package], ex.rcc, ex.file, opened):
-                where = f"{ex.rcc}:{ex.file}" if ex.rcc else ex.file
-                reason = "excluded file not found; fix the class map"
-                skipped.append({"class": cls.name, "source": where, "reason": reason})
-        for src in cls.sources:
-            pkg = cmap.packages[src.package]
-            if pkg.name in missing:
-                continue
-            try:
-                if src.render is not None:
-                    jobs.extend(_render_jobs(cmap, cls, src, pkg, opened))
-                else:
-                    jobs.extend(_file_jobs(cls, src, pkg, opened, rate))
-            except (FileNotFoundError, ValueError, KeyError) as err:
-                skipped.append({"class": cls.name, "source": ", ".join(src.files) or pkg.name, "reason": str(err)})
-    _unique_names(jobs)
-    return jobs, missing, skipped
-
-
 def check_class_map(class_map: str | Path | ClassMap, *, skip_missing: bool = False) -> dict[str, Any]:
     """Resolve every source of a class map without decoding audio.
 
@@ -425,7 +160,7 @@ def check_class_map(class_map: str | Path | ClassMap, *, skip_missing: bool = Fa
         no file, unreadable archives).
     """
     cmap = class_map if isinstance(class_map, ClassMap) else load_class_map(class_map)
-    jobs, missing, problems = _collect(cmap, _Sources(cmap), skip_missing)
+    jobs, missing, problems = collect_jobs(cmap, Sources(cmap), skip_missing)
     planned = {name: 0 for name in cmap.classes}
     for job in jobs:
         planned[job.cls.name] += 1
@@ -464,63 +199,25 @@ def build_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     previous = {} if force else _load_previous(out)
-    opened = _Sources(cmap)
-    jobs, missing, skipped = _collect(cmap, opened, skip_missing)
+    opened = Sources(cmap)
+    jobs, missing, skipped = collect_jobs(cmap, opened, skip_missing)
 
-    made: list[tuple[_Job, ClipRecord]] = []
+    made: list[tuple[Job, ClipRecord]] = []
     reused = 0
     for job in tqdm(jobs, desc=f"building {cmap.name}", unit="clip", disable=not progress):
-        rel = f"{CLIPS_DIR}/{job.cls.name}/{job.name}.flac"
-        fp = _fingerprint(job, cfg)
-        old = previous.get(rel)
-        if old is not None and old.fingerprint == fp and (out / rel).is_file():
-            duration, stats = old.duration, old.stats
-            reused += 1
-        else:
-            try:
-                wave = job.read()
-                if job.segment is not None:
-                    a, b = (round(t * cfg.sample_rate) for t in job.segment)
-                    wave = wave[a:b]
-                clip, stats = process_clip(wave, cfg)
-            except ValueError as err:
-                skipped.append({"class": job.cls.name, "source": job.origin, "reason": str(err)})
-                continue
-            atomic_write_bytes(out / rel, _encode(clip, cfg.sample_rate))
-            duration = round(clip.shape[-1] / cfg.sample_rate, 3)
-        # Labels and captions always come from the current class map, only the audio is reused.
-        record = ClipRecord(
-            audio=rel,
-            cls=job.cls.name,
-            label=job.cls.label,
-            kind=job.cls.kind,
-            split="",
-            captions=_captions(job),
-            duration=duration,
-            sample_rate=cfg.sample_rate,
-            source=job.origin,
-            source_package=job.package.name,
-            source_file=job.source_file,
-            segment=list(job.segment) if job.segment is not None else None,
-            group=job.group,
-            license=job.license,
-            attributes=job.attributes,
-            stats=stats,
-            fingerprint=fp,
-        )
+        try:
+            record, was_reused = _make_clip(job, out, cfg, previous)
+        except _Unusable as err:
+            skipped.append({"class": job.cls.name, "source": job.origin, "reason": str(err)})
+            continue
+        reused += was_reused
         made.append((job, record))
 
     duplicates = _drop_duplicates(out, made, cfg.sample_rate)
     made = [(j, r) for j, r in made if r.audio not in {d["dropped"] for d in duplicates}]
     records, dropped = _split(cmap, made)
 
-    keep = {r.audio for r in records}
-    for path in (out / CLIPS_DIR).rglob("*.flac"):
-        if path.relative_to(out).as_posix() not in keep:
-            path.unlink()
-    for folder in (out / CLIPS_DIR).iterdir() if (out / CLIPS_DIR).is_dir() else ():
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+    _remove_stale_clips(out, {r.audio for r in records})
     _write_outputs(out, cmap, records)
     result = BuildResult(
         out_dir=out,
@@ -536,7 +233,70 @@ def build_dataset(
     return result
 
 
-def _drop_duplicates(out: Path, made: list[tuple[_Job, ClipRecord]], rate: int) -> list[dict[str, Any]]:
+class _Unusable(Exception):
+    """A source that cannot become a clip; the build skips it and reports the reason."""
+
+
+def _make_clip(job: Job, out: Path, cfg: ProcessConfig, previous: dict[str, ClipRecord]) -> tuple[ClipRecord, bool]:
+    """The record of one job's clip, reusing the previous build's file when its fingerprint is unchanged.
+
+    Returns:
+        The record and whether the clip was reused.
+
+    Raises:
+        _Unusable: the source could not be made into a clip (silent, too short, undecodable).
+    """
+    rel = f"{CLIPS_DIR}/{job.cls.name}/{job.name}.flac"
+    fp = _fingerprint(job, cfg)
+    old = previous.get(rel)
+    reused = old is not None and old.fingerprint == fp and (out / rel).is_file()
+    if reused:
+        duration, stats = old.duration, old.stats
+    else:
+        try:
+            wave = job.read()
+            if job.segment is not None:
+                a, b = (round(t * cfg.sample_rate) for t in job.segment)
+                wave = wave[a:b]
+            clip, stats = process_clip(wave, cfg)
+        except ValueError as err:
+            raise _Unusable(str(err)) from err
+        atomic_write_bytes(out / rel, _encode(clip, cfg.sample_rate))
+        duration = round(clip.shape[-1] / cfg.sample_rate, 3)
+    # Labels and captions always come from the current class map, only the audio is reused.
+    record = ClipRecord(
+        audio=rel,
+        cls=job.cls.name,
+        label=job.cls.label,
+        kind=job.cls.kind,
+        split="",
+        captions=_captions(job),
+        duration=duration,
+        sample_rate=cfg.sample_rate,
+        source=job.origin,
+        source_package=job.package.name,
+        source_file=job.source_file,
+        segment=list(job.segment) if job.segment is not None else None,
+        group=job.group,
+        license=job.license,
+        attributes=job.attributes,
+        stats=stats,
+        fingerprint=fp,
+    )
+    return record, reused
+
+
+def _remove_stale_clips(out: Path, keep: set[str]) -> None:
+    """Delete clips of earlier builds that this build did not make, and the class folders left empty."""
+    for path in (out / CLIPS_DIR).rglob("*.flac"):
+        if path.relative_to(out).as_posix() not in keep:
+            path.unlink()
+    for folder in (out / CLIPS_DIR).iterdir() if (out / CLIPS_DIR).is_dir() else ():
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _drop_duplicates(out: Path, made: list[tuple[Job, ClipRecord]], rate: int) -> list[dict[str, Any]]:
     """Near-identical clips within a class from different recordings: keep the first listed."""
     by_class: dict[str, list[tuple[str, float, torch.Tensor, str]]] = defaultdict(list)
     for job, rec in made:
@@ -552,8 +312,8 @@ def _drop_duplicates(out: Path, made: list[tuple[_Job, ClipRecord]], rate: int) 
     return found
 
 
-def _split(cmap: ClassMap, made: list[tuple[_Job, ClipRecord]]) -> tuple[list[ClipRecord], list[dict[str, str]]]:
-    by_class: dict[str, list[tuple[_Job, ClipRecord]]] = defaultdict(list)
+def _split(cmap: ClassMap, made: list[tuple[Job, ClipRecord]]) -> tuple[list[ClipRecord], list[dict[str, str]]]:
+    by_class: dict[str, list[tuple[Job, ClipRecord]]] = defaultdict(list)
     for job, rec in made:
         by_class[rec.cls].append((job, rec))
     records: list[ClipRecord] = []
