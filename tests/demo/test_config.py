@@ -58,3 +58,12 @@ def test_command_line_keys_override_the_file():
     p = parser()
     parsed = p.parse_args(["-c", str(ROOT / "configs" / "demo.yaml"), "--train.steps", "7", "--fresh"])
     assert parsed.train.steps == 7 and parsed.fresh
+
+
+def test_print_config_shows_the_resolved_config(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the default config is relative to the working directory, as for `make demo`
+    with pytest.raises(SystemExit) as exc:
+        main(["--print_config", "--seed", "3"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "seed: 3" in out and "compa_hardneg:" in out

@@ -265,3 +265,8 @@ def test_cli_builds_with_a_class_map(tree: Path, tmp_path: Path, capsys) -> None
     text = capsys.readouterr().out
     assert "hiss" in text and "wrote 7 clips" in text
     assert main(["build", "debian-sounds", "--class-map", str(tmp_path / "nope.json"), "--out", str(out)]) == 2
+
+
+def test_cli_lists_the_datasets(capsys) -> None:
+    assert main(["list"]) == 0
+    assert capsys.readouterr().out.split() == ["debian-sounds"]
