@@ -54,7 +54,7 @@ test: venv lint
 	$(PY) -m pytest -q
 
 demo: venv
-	$(PY) -m train demo $(if $(FRESH),--fresh)
+	$(PY) -m demo $(if $(FRESH),--fresh)
 
 bench: venv
 	$(PY) -m benchmarks

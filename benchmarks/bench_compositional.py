@@ -5,7 +5,7 @@ about 2 points — as large as the effect it should show. This script trains eve
 demo's data and reports the mean ± standard deviation of each metric, and the difference of the arms with its
 standard error.
 
-It reuses the demo's steps (``train.demo.Demo``): the dataset, scenes, benchmark, shards and stored tower features
+It reuses the demo's steps (``demo.pipeline.Demo``): the dataset, scenes, benchmark, shards and stored tower features
 are built once (by ``make demo`` or by this script) and every run trains only the heads and projections. A seed
 fixes the head initialisation, the batch order and the caption draws, and all arms of one seed share them, so the
 seeds pair the arms; both the unpaired standard error (``sqrt(s₁²/n + s₂²/n)``) and the paired one (standard
@@ -36,7 +36,8 @@ import torch
 from benchmarks.common import machine
 from clapkit.evaluate.suite import COMPARISON_METRICS, evaluate_stored
 from clapkit.io import atomic_write_json, atomic_write_text
-from train.demo import Demo, DemoConfig, quiet_libraries
+from demo.config import load_config
+from demo.pipeline import Demo, quiet_libraries
 
 #: The metric the target is about, and the arms it compares (treatment, baseline).
 TARGET = ("compa_order.group_score", "compa_hardneg", "infonce")
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", help="results folder (default: <out_dir>/bench)")
     parser.add_argument("--fresh", action="store_true", help="redo runs whose results are already there")
     opts = parser.parse_args(argv)
-    config = DemoConfig.load(opts.config)
+    config = load_config(opts.config)
     if opts.threads:
         config.threads = opts.threads
     torch.set_num_threads(config.threads)

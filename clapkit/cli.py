@@ -19,7 +19,6 @@ COMMAND_MODULES: list[str] = [
     "clapkit.data.cli",
     "clapkit.index.cli",
     "clapkit.convert.cli",
-    "clapkit.datasets.cli",
     "clapkit.lalm.cli",
 ]
 

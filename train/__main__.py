@@ -6,14 +6,13 @@ import importlib
 import sys
 
 #: App name → module defining ``main(args: list[str]) -> None`` (its LightningCLI).
-APPS: dict[str, str] = {"clap": "train.clap", "lalm": "train.lalm", "demo": "train.demo"}
+APPS: dict[str, str] = {"clap": "train.clap", "lalm": "train.lalm"}
 
 USAGE = """usage: python -m train APP [SUBCOMMAND] [-c CONFIG.yaml] [--section.key value ...]
 
 apps:
   clap   contrastive audio-text training (configs/clap/*.yaml)
   lalm   audio-language model training (configs/lalm/*.yaml)
-  demo   the main job end to end on real audio (configs/demo.yaml; `make demo`)
 
 Each app is a LightningCLI: `python -m train clap fit --help` lists every option, and
 `python -m train clap fit -c configs/clap/vanilla.yaml --print_config` shows the resolved config.

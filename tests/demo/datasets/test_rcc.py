@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import soundfile as sf
 
-from clapkit.datasets.rcc import FLAG_ZLIB, RccArchive
+from demo.datasets.rcc import FLAG_ZLIB, RccArchive
 
 # Made with Qt 5.15.8's rcc (Debian qtbase5-dev-tools) from a .qrc with prefix "/pack" holding
 # sounds/beep.wav (64 frames of 16-bit noise at 8 kHz, stored raw) and docs/readme.txt

@@ -1,13 +1,18 @@
-"""``clapkit data build NAME --out DIR``: build a registered dataset."""
+"""``python -m demo.datasets build NAME --out DIR`` / ``python -m demo.datasets list``: the harvester's commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from clapkit.datasets import DATASETS
-from clapkit.datasets.builder import format_summary
-from clapkit.datasets.debian_sounds import APT_PACKAGES
+from demo.datasets.builder import format_summary
+from demo.datasets.debian_sounds import APT_PACKAGES
+from demo.datasets.registry import DATASETS
+
+__all__ = ["build_parser", "main"]
+
+PROG = "python -m demo.datasets"
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -23,13 +28,18 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser(
-        "data",
-        help="build labeled clip datasets from installed audio",
-        description="Datasets of labeled audio clips built from files already on the machine.",
+def _cmd_list(args: argparse.Namespace) -> int:
+    for name in DATASETS.names():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Datasets of labeled audio clips built from files already on the machine (the demo's data).",
     )
-    commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     p = commands.add_parser(
         "build",
         help="build a dataset folder of clips + metadata",
@@ -47,3 +57,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_build)
+    p = commands.add_parser("list", help="list the datasets that can be built", description="Print dataset names.")
+    p.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; 2 (with the error on stderr) when its input is wrong."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clapkit.datasets.curation import ProcessConfig
+from clapkit.config import from_mapping
+from demo.datasets.curation import ProcessConfig
 
 __all__ = ["ClassMap", "ClassSpec", "Exclusion", "PackageSpec", "RenderSpec", "SourceSpec", "load_class_map"]
 
@@ -282,7 +283,7 @@ def load_class_map(source: str | Path | Mapping[str, Any]) -> ClassMap:
     captions = raw.get("render_captions", {})
     return ClassMap(
         name=raw.get("name", path.stem if path else "dataset"),
-        process=ProcessConfig.from_dict(raw.get("process", {}), "process"),
+        process=from_mapping(ProcessConfig, raw.get("process", {}), f"{path or 'class map'}: process"),
         test_fraction=float(raw.get("test_fraction", 0.25)),
         min_clips=int(raw.get("min_clips", 3)),
         packages=packages,

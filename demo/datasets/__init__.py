@@ -2,14 +2,14 @@
 
 ``DATASETS`` maps a dataset name to its builder; every builder takes the output folder first::
 
-    from clapkit.datasets import DATASETS
+    from demo.datasets import DATASETS
     result = DATASETS.get("debian-sounds")("data/debian-sounds")
 """
 
-from clapkit.datasets.builder import BuildResult, ClipRecord, build_dataset, check_class_map, format_summary
-from clapkit.datasets.classmap import ClassMap, load_class_map
-from clapkit.datasets.debian_sounds import DEFAULT_CLASS_MAP
-from clapkit.datasets.registry import DATASETS
+from demo.datasets.builder import BuildResult, ClipRecord, build_dataset, check_class_map, format_summary
+from demo.datasets.classmap import ClassMap, load_class_map
+from demo.datasets.debian_sounds import DEFAULT_CLASS_MAP
+from demo.datasets.registry import DATASETS
 
 __all__ = [
     "DATASETS",

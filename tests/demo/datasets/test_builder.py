@@ -15,9 +15,9 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from clapkit.cli import main
 from clapkit.data.inputs import read_jsonl
-from clapkit.datasets import build_dataset, check_class_map, format_summary, load_class_map
+from demo.datasets import build_dataset, check_class_map, format_summary, load_class_map
+from demo.datasets.cli import main
 
 RATE = 16000  # Hz; the test class map writes clips at this rate
 
@@ -261,7 +261,12 @@ def test_cli_builds_with_a_class_map(tree: Path, tmp_path: Path, capsys) -> None
     path = tmp_path / "map.json"
     path.write_text(json.dumps(_class_map(tree)))
     out = tmp_path / "cli-out"
-    assert main(["data", "build", "debian-sounds", "--class-map", str(path), "--out", str(out), "--quiet"]) == 0
+    assert main(["build", "debian-sounds", "--class-map", str(path), "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "hiss" in text and "wrote 7 clips" in text
-    assert main(["data", "build", "debian-sounds", "--class-map", str(tmp_path / "nope.json"), "--out", str(out)]) == 2
+    assert main(["build", "debian-sounds", "--class-map", str(tmp_path / "nope.json"), "--out", str(out)]) == 2
+
+
+def test_cli_lists_the_datasets(capsys) -> None:
+    assert main(["list"]) == 0
+    assert capsys.readouterr().out.split() == ["debian-sounds"]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from clapkit.datasets import DEFAULT_CLASS_MAP, load_class_map
-from clapkit.datasets.licenses import parse_dep5
+from demo.datasets import DEFAULT_CLASS_MAP, load_class_map
+from demo.datasets.licenses import parse_dep5
 
 COPYRIGHT = """\
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clapkit.datasets.builder import BuildResult, build_dataset
-from clapkit.datasets.classmap import ClassMap
-from clapkit.datasets.registry import DATASETS
+from demo.datasets.builder import BuildResult, build_dataset
+from demo.datasets.classmap import ClassMap
+from demo.datasets.registry import DATASETS
 
 __all__ = ["APT_PACKAGES", "DEFAULT_CLASS_MAP", "build"]
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 import torchaudio.functional as AF
 
-from clapkit.datasets.curation import (
+from demo.datasets.classmap import load_class_map
+from demo.datasets.curation import (
     ProcessConfig,
     assign_splits,
     find_duplicates,
@@ -137,6 +139,12 @@ def test_fixed_splits_are_honoured_and_impossible_ones_rejected() -> None:
         assign_splits(["a", "b"], 0.25, salt="k", fixed={"a": "dev"})
 
 
-def test_process_config_rejects_unknown_settings() -> None:
-    with pytest.raises(ValueError, match="unknown processing settings"):
-        ProcessConfig.from_dict({"sample_rate": 16000, "loudness": -23})
+def test_class_map_process_settings_are_strict(tmp_path) -> None:
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"process": {"sample_rate": 16000, "loudness": -23}, "packages": {}, "classes": {}}))
+    with pytest.raises(ValueError, match=r"map.json: process: unknown keys \['loudness'\]"):
+        load_class_map(path)
+    with pytest.raises(ValueError, match="class map: process: .*sample_rate"):
+        load_class_map({"process": {"sample_rate": "16 kHz"}, "packages": {}, "classes": {}})
+    cfg = load_class_map({"process": {"sample_rate": 16000, "max_seconds": 5}, "packages": {}, "classes": {}}).process
+    assert cfg == ProcessConfig(sample_rate=16000, max_seconds=5.0)

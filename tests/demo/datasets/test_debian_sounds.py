@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clapkit.datasets import DATASETS, DEFAULT_CLASS_MAP, build_dataset, check_class_map, load_class_map
-from clapkit.datasets.debian_sounds import APT_PACKAGES
-from clapkit.datasets.render import NoteRenderer
+from demo.datasets import DATASETS, DEFAULT_CLASS_MAP, build_dataset, check_class_map, load_class_map
+from demo.datasets.debian_sounds import APT_PACKAGES
+from demo.datasets.render import NoteRenderer
 
 RAW = json.loads(DEFAULT_CLASS_MAP.read_text())
 MISSING = [name for name, pkg in RAW["packages"].items() if not Path(pkg["root"]).exists()]

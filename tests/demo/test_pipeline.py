@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m train demo`` on a tiny synthetic dataset and a tiny model (every step, twice)."""
+"""Smoke test of ``python -m demo`` on a tiny synthetic dataset and a tiny model (every step, twice)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import soundfile as sf
 import clapkit
 from clapkit.compose.benchmark import COMPA_COLUMNS, scene_pairs
 from clapkit.config import merge
+from demo.__main__ import main
+from demo.config import load_config
+from demo.pipeline import OUT_MARKER, Demo, fresh_start
 from tests.conftest import TINY_OVERRIDES, TINY_RATE, tone
-from train.demo import OUT_MARKER, Demo, DemoConfig, fresh_start, main
 
 CLASSES = {  # class → (label, how its clips sound)
     "low_tone": ("low tone", lambda i, t: tone(180 + 20 * i, t, TINY_RATE)),
@@ -25,7 +27,7 @@ CLASSES = {  # class → (label, how its clips sound)
 
 
 def _dataset(root: Path) -> Path:
-    """Three training clips and one test clip per class, in the layout of ``clapkit data build``."""
+    """Three training clips and one test clip per class, in the layout of ``python -m demo.datasets build``."""
     for split, indices in (("train", range(3)), ("test", range(3, 4))):
         lines = []
         for cls, (label, make) in CLASSES.items():
@@ -101,7 +103,7 @@ def demo_run(tmp_path_factory):
     config["out_dir"], config["data"]["dataset_dir"] = "run", "data"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp)
-        demo = Demo(DemoConfig.from_dict(config), progress=False, log=lines.append)
+        demo = Demo(load_config(config), progress=False, log=lines.append)
         return demo, demo.run(), lines
 
 
@@ -131,7 +133,7 @@ def test_demo_writes_every_output(demo_run):
 
 def test_training_data_keeps_held_out_pairs_and_phrasings_out(demo_run):
     demo, _, _ = demo_run
-    held_out = set(map(tuple, demo.held_out_pairs()))
+    held_out = set(map(tuple, demo.work.held_out_pairs()))
     assert len(held_out) == 2
     scenes = [json.loads(line) for line in (demo.out / "scenes" / "scenes.jsonl").read_text().splitlines()]
     assert len(scenes) == 10

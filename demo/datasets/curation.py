@@ -54,14 +54,6 @@ class ProcessConfig:
     target_lufs: float = -23.0
     peak_dbfs: float = -1.0
 
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, object], name: str = "defaults") -> ProcessConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{name}: unknown processing settings {unknown}; valid: {sorted(known)}")
-        return cls(**raw)  # type: ignore[arg-type]
-
 
 def remove_dc(wave: torch.Tensor, sample_rate: int, highpass_hz: float) -> torch.Tensor:
     """Subtract the mean, then high-pass [T] → [T] (some source recordings carry a large DC offset)."""

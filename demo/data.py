@@ -1,0 +1,150 @@
+"""What the demo's steps share: the config, the output folder, the dataset's records, the frozen towers, the
+held-out sets and the stored features; and step 1, **data** (``demo.datasets`` builds ``debian-sounds``)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import clapkit
+from clapkit.compose.benchmark import BENCHMARK_KINDS, hold_out_pairs
+from clapkit.compose.scenes import ComposerConfig, EventClip, EventPhrase
+from clapkit.evaluate.compositional import load_compa_csv
+from clapkit.evaluate.retrieval import load_retrieval_set
+from clapkit.evaluate.suite import EvalSets
+from clapkit.evaluate.zeroshot import LabelledAudio
+from clapkit.feature_store import FeatureStore
+from clapkit.model import ClapModel
+from demo.config import DemoConfig
+from demo.datasets import DATASETS
+from demo.runner import StepRunner, fingerprint
+
+__all__ = ["Workspace", "build_dataset"]
+
+
+class Workspace:
+    """The demo's config and output folder, and read access to what its steps wrote there.
+
+    Args:
+        config: The demo config.
+        progress: Progress bars.
+    """
+
+    def __init__(self, config: DemoConfig, *, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        # Absolute: listings the demo writes name files by path, and a listing's relative paths are read as
+        # relative to its own folder.
+        self.out = Path(config.out_dir).resolve()
+        self._given_dataset = Path(config.data.dataset_dir).resolve() if config.data.dataset_dir else None
+        self._model: ClapModel | None = None
+        self._stores: tuple[FeatureStore, FeatureStore] | None = None
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self._given_dataset or self.out / "data" / self.config.data.dataset
+
+    @property
+    def sample_rate(self) -> int:
+        m = self.config.model
+        return clapkit.get_model_config(m.name, **m.overrides).audio.sample_rate
+
+    def model(self) -> ClapModel:
+        """The untrained architecture with its pretrained frozen towers (for the feature step)."""
+        if self._model is None:
+            m = self.config.model
+            torch.manual_seed(self.config.seed)  # towers without pretrained weights start from the same draw
+            self._model = clapkit.create_model(m.name, pretrained=m.pretrained, **m.overrides).eval()
+        return self._model
+
+    def records(self, split: str) -> list[dict[str, Any]]:
+        """The dataset's records of ``split`` (``train`` / ``test``)."""
+        folder = self.dataset_dir
+        return [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+
+    def event_clips(self, split: str) -> list[EventClip]:
+        """Every clip of a split once per configured phrasing of its class."""
+        clips = []
+        missing = set()
+        for rec in self.records(split):
+            path = str(self.dataset_dir / rec["audio"])
+            variants = self.config.phrases.get(rec["class"])
+            if not variants:
+                missing.add(rec["class"])
+                variants = [None]
+            for v in variants:
+                phrase = EventPhrase(*v) if v is not None else None
+                clips.append(EventClip(path, rec["class"], phrase=phrase, source=rec["audio"]))
+        if missing:
+            warnings.warn(f"phrases: no phrasing for {sorted(missing)}; using the composer's default", stacklevel=2)
+        return clips
+
+    def composer_config(self) -> ComposerConfig:
+        raw = dict(self.config.scenes.composer)
+        for key in ("gap_seconds", "snr_db"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        return ComposerConfig(**{**raw, "sample_rate": self.sample_rate})
+
+    def held_out_pairs(self) -> list[tuple[str, str]]:
+        labels = {r["class"] for r in self.records("test")} & {r["class"] for r in self.records("train")}
+        return hold_out_pairs(labels, self.config.scenes.held_out_pair_fraction, seed=self.config.seed)
+
+    def eval_sets(self) -> EvalSets:
+        """The held-out sets: zero-shot on the test clips, retrieval and compositional from the benchmark step."""
+        folder = self.out / "benchmark"
+        test = self.records("test")
+        classes = sorted({r["labels"][0] for r in test})
+        index = {c: i for i, c in enumerate(classes)}
+        zeroshot = LabelledAudio(
+            paths=[str(self.dataset_dir / r["audio"]) for r in test],
+            targets=torch.tensor([index[r["labels"][0]] for r in test]).numpy(),
+            classes=classes,
+        )
+        compositional = {
+            name: load_compa_csv(folder / f"{name}.csv")
+            for name in BENCHMARK_KINDS
+            if (folder / f"{name}.csv").is_file()
+        }
+        return EvalSets(zeroshot, load_retrieval_set(folder / "retrieval.jsonl"), compositional)
+
+    def stores(self) -> tuple[FeatureStore, FeatureStore]:
+        """(audio, text) feature stores of the features step."""
+        if self._stores is None:
+            folder = self.out / "features"
+            audio = FeatureStore.load(folder / "audio_train.safetensors")
+            for name in ("counterfactual", "eval"):
+                audio = audio.merge(FeatureStore.load(folder / f"audio_{name}.safetensors"))
+            self._stores = (audio, FeatureStore.load(folder / "text.safetensors"))
+        return self._stores
+
+
+def build_dataset(work: Workspace, runner: StepRunner) -> Path:
+    """Step 1: build the configured dataset (or check a given one); its folder."""
+    cfg = work.config.data
+    if cfg.dataset_dir:
+        folder = work.dataset_dir
+        for split in ("train", "test"):
+            if not (folder / f"{split}.jsonl").is_file():
+                raise ValueError(f"data.dataset_dir: {folder} has no {split}.jsonl; build a dataset into it first")
+        runner.record("data", fingerprint(str(folder.resolve())))
+        runner.log(f"[data] using {folder}")
+        return folder
+    folder = work.out / "data" / cfg.dataset
+
+    def build() -> dict[str, Any]:
+        result = DATASETS.get(cfg.dataset)(folder, progress=work.progress)
+        counts = result.counts()
+        return {
+            "classes": len(counts),
+            "train": sum(c["train"] for c in counts.values()),
+            "test": sum(c["test"] for c in counts.values()),
+        }
+
+    summary = runner.step("data", fingerprint(cfg.dataset), folder, build)
+    runner.log(f"        {summary['classes']} classes, {summary['train']} train / {summary['test']} test clips")
+    return folder

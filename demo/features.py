@@ -1,0 +1,185 @@
+"""Steps 4 and 5: the training shards, and the frozen towers' outputs stored once.
+
+**shards** — training scenes (and the training clips) written as WebDataset shards. **features** — the frozen
+towers run once: aisfx frames of every training window (read back from the shards), counterfactual, benchmark and
+held-out clip; MiniLM tokens of every caption. Training and evaluation then run only the heads and projections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clapkit.data.inputs import read_jsonl
+from clapkit.data.reader import ReaderConfig, ShardReader
+from clapkit.data.schema import load_manifest
+from clapkit.data.writer import WriterConfig, parse_size, write_shards
+from clapkit.feature_store import FeatureStore, audio_features, file_windows, text_features
+from clapkit.io import atomic_write_text
+from demo.data import Workspace
+from demo.runner import StepRunner, fingerprint
+
+__all__ = ["TrainSample", "make_features", "make_shards", "train_samples"]
+
+
+@dataclass
+class TrainSample:
+    """One training sample on stored features.
+
+    Attributes:
+        key: Audio feature key of the clip.
+        captions: Its captions: the composed caption first, then paraphrases (or a clip's other captions).
+        negatives: Hard-negative captions.
+        counterfactual: Audio feature key of the counterfactual scene, if any.
+    """
+
+    key: str
+    captions: list[str]
+    negatives: list[str] = field(default_factory=list)
+    counterfactual: str | None = None
+
+
+def train_samples(work: Workspace) -> list[TrainSample]:
+    """The training samples the features step listed (``features/train_samples.jsonl``)."""
+    path = work.out / "features" / "train_samples.jsonl"
+    return [TrainSample(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def make_shards(work: Workspace, runner: StepRunner) -> dict[str, Any]:
+    """Step 4: ``scenes/train_listing.jsonl`` written as shards at the model's sample rate."""
+    cfg = work.config.shards
+    folder = work.out / "shards"
+    listing = work.out / "scenes" / "train_listing.jsonl"
+    fp = fingerprint(runner.fingerprints["scenes"], cfg, work.sample_rate)
+
+    def make() -> dict[str, Any]:
+        # Each counterfactual is a training sample of its own here (its audio is that sample's audio), so the
+        # shards need not carry it a second time as a `counterfactual.flac` member.
+        config = WriterConfig(
+            shard_size=parse_size(cfg.shard_size),
+            sample_rate=work.sample_rate,
+            bits=cfg.bits,
+            workers=cfg.workers,
+            counterfactual_audio=False,
+        )
+        manifest = write_shards(read_jsonl(listing), folder, config, source=str(listing), progress=work.progress)
+        return {"samples": manifest.total, "shards": len(manifest.shards), "skipped": manifest.skipped}
+
+    s = runner.step("shards", fp, folder, make)
+    if s["skipped"] or not s["samples"]:
+        # Every input is the demo's own: a skipped one is a defect, not bad data to step over.
+        raise RuntimeError(
+            f"shards: {s['skipped']} of {s['samples'] + s['skipped']} training samples skipped; "
+            f"see {folder / 'report.json'}"
+        )
+    runner.log(f"        {s['samples']} samples in {s['shards']} shard(s), {s['skipped']} skipped")
+    return s
+
+
+class _ShardWindows:
+    """The training windows read back from the shards as the training reader sees them (centre crop / pad),
+    collecting each sample's captions and its scene / counterfactual role on the way."""
+
+    def __init__(self, work: Workspace) -> None:
+        self.audio_cfg = work.model().config.audio
+        self.reader = ShardReader(
+            work.out / "shards",
+            ReaderConfig.for_audio(
+                self.audio_cfg,
+                batch_size=work.config.features.batch_size,
+                train=False,
+                other_captions_as_positives=True,
+            ),
+        )
+        self.samples: list[TrainSample] = []
+        self.by_role: dict[tuple[str, str], str] = {}  # (scene, role) → feature key, to pair scene and counterfactual
+
+    def __iter__(self) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
+        clip = self.audio_cfg.clip_samples
+        for batch in self.reader.loader(num_workers=0):
+            keys = [f"train/{k}" for k in batch["keys"]]
+            for key, caption, positives, negatives, extra in zip(
+                keys, batch["captions"], batch["positives"], batch["negatives"], batch["extra"]
+            ):
+                if "scene" in extra:
+                    self.by_role[extra["scene"], extra["role"]] = key
+                captions = list(dict.fromkeys([caption, *positives]))
+                self.samples.append(TrainSample(key, captions, list(negatives), extra.get("counterfactual_audio")))
+            # Zero padding is masked out, repeat padding is content (as ClapModel.embed_audio).
+            lengths = batch["lengths"] if self.audio_cfg.pad == "zero" else torch.full_like(batch["lengths"], clip)
+            yield keys, batch["audio"], lengths
+
+    def counterfactual_files(self) -> dict[str, str]:
+        """Point each sample's ``counterfactual`` at a feature key: its partner in the shards, or else a ``cf/``
+        key of its counterfactual file; the ``cf/`` keys → files, to be embedded."""
+        partner = {
+            key: self.by_role.get((scene, "counterfactual" if role == "scene" else "scene"))
+            for (scene, role), key in self.by_role.items()
+        }
+        counterfactuals: dict[str, str] = {}  # feature key → counterfactual file that is not a shard sample
+        for sample in self.samples:
+            if sample.counterfactual is not None:
+                path = sample.counterfactual
+                sample.counterfactual = partner.get(sample.key) or f"cf/{sample.key.split('/', 1)[1]}"
+                if sample.counterfactual.startswith("cf/"):
+                    counterfactuals[sample.counterfactual] = path
+        return counterfactuals
+
+
+def _store_features(work: Workspace, folder: Path) -> dict[str, Any]:
+    """Run the frozen towers over every window and caption once; the stores and ``train_samples.jsonl``."""
+    cfg = work.config.features
+    model = work.model()
+    audio_cfg = model.config.audio
+    options = {"channels_last": cfg.channels_last, "progress": work.progress}
+    windows = _ShardWindows(work)
+    total = load_manifest(work.out / "shards").total
+    stores: dict[str, FeatureStore] = {"train": audio_features(model, windows, total=total, **options)}
+    counterfactuals = windows.counterfactual_files()
+    cf_keys = list(counterfactuals)
+    stores["counterfactual"] = audio_features(
+        model,
+        file_windows([counterfactuals[k] for k in cf_keys], audio_cfg, keys=cf_keys, batch_size=cfg.batch_size),
+        total=len(cf_keys),
+        **options,
+    )
+    sets = work.eval_sets()
+    eval_keys = sets.audio_keys()
+    stores["eval"] = audio_features(
+        model, file_windows(eval_keys, audio_cfg, batch_size=cfg.batch_size), total=len(eval_keys), **options
+    )
+    for name, store in stores.items():
+        store.save(folder / f"audio_{name}.safetensors")
+    samples = windows.samples
+    texts = [t for s in samples for t in (*s.captions, *s.negatives)] + sets.texts()
+    text = text_features(model, texts, batch_size=cfg.text_batch_size, progress=work.progress)
+    text.save(folder / "text.safetensors")
+    atomic_write_text(
+        folder / "train_samples.jsonl", "".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in samples)
+    )
+    return {
+        "train_windows": len(stores["train"]),
+        "counterfactual_windows": len(stores["counterfactual"]),
+        "eval_windows": len(stores["eval"]),
+        "texts": len(text),
+    }
+
+
+def make_features(work: Workspace, runner: StepRunner) -> dict[str, Any]:
+    """Step 5: the frozen towers' outputs of every training, counterfactual and held-out window and every text."""
+    folder = work.out / "features"
+    fp = fingerprint(
+        runner.fingerprints["shards"], runner.fingerprints["benchmark"], work.config.model, work.config.features
+    )
+    s = runner.step("features", fp, folder, lambda: _store_features(work, folder))
+    runner.log(
+        f"        audio windows: {s['train_windows']} training, {s['counterfactual_windows']} counterfactual, "
+        f"{s['eval_windows']} held-out; {s['texts']} distinct texts"
+    )
+    return s
