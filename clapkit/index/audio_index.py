@@ -9,7 +9,6 @@ user fields) lives in a SQLite sidecar keyed by the same int64 id. A usage examp
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -25,15 +24,18 @@ import torch
 from clapkit.audio import load_audio
 from clapkit.index.identity import ModelInfo, check_model, is_untrained_architecture, model_info, untrained_error
 from clapkit.index.layout import (
+    EF_SEARCH_LADDER,
     METRICS,
     IndexPlan,
     IndexPolicy,
+    cheapest_setting,
     choose_index,
     default_nprobe,
     default_train_points,
     exact_graph_ids,
     kind_of,
     min_train_points,
+    nprobe_ladder,
     search_params,
 )
 from clapkit.index.records import Entry, Hit
@@ -466,17 +468,12 @@ class AudioIndex:
             return {}
         q = self._vectors(queries, "queries")
         if self._kind == "ivf":
-            name, top = "nprobe", faiss.extract_index_ivf(self._faiss).nlist
-            truth = self.knn(q, k, nprobe=top)[1]
-            ladder = [2**i for i in range(int(math.log2(top)) + 1)] + ([top] if top & (top - 1) else [])
+            top = faiss.extract_index_ivf(self._faiss).nlist
+            name, ladder, truth = "nprobe", nprobe_ladder(top), self.knn(q, k, nprobe=top)[1]
         else:
-            name, ladder = "ef_search", [16, 32, 64, 128, 256, 512, 1024]
+            name, ladder = "ef_search", EF_SEARCH_LADDER
             truth = exact_graph_ids(self._faiss, q, k, self._tombstones)
-        for value in ladder:
-            ids = self.knn(q, k, **{name: value})[1]
-            recall = float(np.mean([len(set(a) & set(b) - {-1}) / k for a, b in zip(ids, truth)]))
-            if recall >= target_recall:
-                break
+        value, recall = cheapest_setting(lambda v: self.knn(q, k, **{name: v})[1], truth, ladder, target_recall)
         self.search_defaults[name] = value
         return {"param": name, "value": value, "recall": recall}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +14,12 @@ from clapkit.registry import Registry
 from clapkit.units import parse_bytes
 
 __all__ = [
+    "EF_SEARCH_LADDER",
     "INDEX_TYPES",
     "METRICS",
     "IndexPlan",
     "IndexPolicy",
+    "cheapest_setting",
     "choose_index",
     "default_nprobe",
     "default_train_points",
@@ -24,6 +27,7 @@ __all__ = [
     "kind_of",
     "min_train_points",
     "nlist_for",
+    "nprobe_ladder",
     "pq_nbits",
     "search_params",
 ]
@@ -231,3 +235,26 @@ def exact_graph_ids(index: faiss.IndexIDMap2, q: np.ndarray, k: int, tombstones:
     ids[internal < 0] = -1
     keep = ~np.isin(ids, tombstones)
     return np.array([row[mask][:k] for row, mask in zip(ids, keep)])
+
+
+#: HNSW search breadths tried by ``AudioIndex.tune``, cheapest first.
+EF_SEARCH_LADDER = (16, 32, 64, 128, 256, 512, 1024)
+
+
+def nprobe_ladder(nlist: int) -> list[int]:
+    """IVF ``nprobe`` values tried by ``AudioIndex.tune``: powers of two up to ``nlist``, and ``nlist`` itself."""
+    return [2**i for i in range(int(math.log2(nlist)) + 1)] + ([nlist] if nlist & (nlist - 1) else [])
+
+
+def cheapest_setting(
+    search: Callable[[int], np.ndarray], truth: np.ndarray, ladder: Sequence[int], target_recall: float
+) -> tuple[int, float]:
+    """The first (cheapest) value of ``ladder`` whose ids [Q, k] from ``search(value)`` reach ``target_recall``
+    against ``truth`` [Q, k] (recall@k; -1 ids never count), or the last value tried with its recall."""
+    k = truth.shape[1]
+    for value in ladder:
+        ids = search(value)
+        recall = float(np.mean([len(set(a) & set(b) - {-1}) / k for a, b in zip(ids, truth)]))
+        if recall >= target_recall:
+            break
+    return value, recall
