@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clapkit.audio import load_audio
+from clapkit.cli_helpers import load_model
 from clapkit.index import model_info
 from clapkit.index.sources import Clip, expand_inputs, iter_shard, window_spans
 from clapkit.io import atomic_save_npy, atomic_write_json, atomic_write_text
@@ -154,7 +155,8 @@ def embed_collection(cfg: EmbedConfig, model=None) -> dict[str, Any]:
 
     Args:
         cfg: The run.
-        model: An already loaded model (default: ``clapkit.load(cfg.model)``); its identity is recorded.
+        model: An already loaded model (default: ``clapkit.load(cfg.model)``, with a warning for an untrained
+            architecture name); its identity is recorded.
 
     Returns:
         Counts: parts total / done before / done now, clips, windows, skipped, seconds.
@@ -162,8 +164,6 @@ def embed_collection(cfg: EmbedConfig, model=None) -> dict[str, Any]:
     Raises:
         ValueError: no inputs, or ``cfg.out`` holds parts of a different run.
     """
-    from clapkit.factory import load
-
     if not cfg.out:
         raise ValueError("embed: set `out` (the parts folder)")
     files, shards = expand_inputs(cfg.inputs)
@@ -174,7 +174,7 @@ def embed_collection(cfg: EmbedConfig, model=None) -> dict[str, Any]:
     if model is None:
         if not cfg.model:
             raise ValueError("embed: set `model` (a save_pretrained folder or a registered name)")
-        model = load(cfg.model, device=cfg.device)
+        model = load_model(cfg.model, device=cfg.device)  # warns for an untrained architecture name
     model.eval()
     audio = model.config.audio
     window = cfg.window_seconds or audio.clip_seconds

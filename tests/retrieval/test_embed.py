@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import yaml
 
+from clapkit.cli_helpers import UntrainedModelWarning
 from clapkit.index import AudioIndex
 from retrieval.__main__ import main, parse
 from retrieval.build import build_index
 from retrieval.config import BuildConfig, EmbedConfig, ServeConfig
 from retrieval.embed import embed_collection, finished_parts
+from tests.index.conftest import register_tiny_architecture
 from tests.retrieval.conftest import embed_config
 
 WINDOWS = 18  # 6 tones (1+1+1+2+2+3) + 3 s sweep (5) + shard clips of 1.2 s (2) and 1 s (1)
@@ -64,6 +66,12 @@ def test_a_different_run_is_refused(collection, tiny_model, tmp_path):
     embed_collection(embed_config(collection, tmp_path / "parts", max_parts=1), model=tiny_model)
     with pytest.raises(ValueError, match="different run.*window_seconds"):
         embed_collection(embed_config(collection, tmp_path / "parts", window_seconds=0.5), model=tiny_model)
+
+
+def test_an_untrained_architecture_name_is_warned_about(collection, tmp_path, monkeypatch):
+    name = register_tiny_architecture(monkeypatch)
+    with pytest.warns(UntrainedModelWarning, match="randomly initialised"):
+        embed_collection(embed_config(collection, tmp_path / "parts", max_parts=1, model=name))
 
 
 def test_build_needs_all_parts_unless_partial(collection, tiny_model, tmp_path):
