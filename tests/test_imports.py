@@ -122,3 +122,29 @@ def test_clapkit_imports_no_training_or_web_stack():
     assert _stacks_loaded("import clapkit") == []
     names = [n for n in sorted(_modules()) if not n.endswith(".__main__")]  # __main__ runs the CLI
     assert _stacks_loaded(f"import importlib\nfor name in {names!r}:\n    importlib.import_module(name)") == []
+
+
+#: What each room of the house may import besides the library and third-party packages (docs/architecture.md).
+ALLOWED_APPS = {
+    "clapkit": set(),
+    "train": set(),
+    "retrieval": set(),
+    "demo": {"train"},  # the demo trains with the training apps' LightningModules
+}
+APPS = ("train", "retrieval", "demo", "benchmarks")
+
+
+def _first_party_imports(room: str) -> dict[str, set[str]]:
+    """File → the top-level first-party rooms (``train``, ``demo`` …) it imports, anywhere in its source."""
+    out = {}
+    for path in sorted((PACKAGE.parent / room).rglob("*.py")):
+        names = {d.split(".")[0] for n in ast.walk(ast.parse(path.read_text())) for d in _imported(n, "", False)}
+        out[str(path.relative_to(PACKAGE.parent))] = (names & set(APPS)) - {room}
+    return out
+
+
+def test_rooms_import_only_what_the_house_allows():
+    """The library imports no app; the apps import the library, and only the demo imports another app (train)."""
+    for room, allowed in ALLOWED_APPS.items():
+        wrong = {f: sorted(rooms - allowed) for f, rooms in _first_party_imports(room).items() if rooms - allowed}
+        assert not wrong, f"{room}/ imports rooms it may not: {wrong}"
