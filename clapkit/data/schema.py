@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clapkit.config import from_mapping
+
 __all__ = [
     "COUNTERFACTUAL_FIELD",
     "COUNTERFACTUAL_PREFIX",
@@ -238,15 +240,14 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], name: str = MANIFEST_NAME) -> Manifest:
-        """Raises ValueError on a manifest this version cannot read."""
-        try:
-            if raw.get("version") != MANIFEST_VERSION:
-                raise ValueError(f"version {raw.get('version')!r}, expected {MANIFEST_VERSION}")
-            shards = [ShardInfo(**s) for s in raw["shards"]]
-            fields = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw and k != "shards"}
-            return cls(shards=shards, **fields)
-        except (KeyError, TypeError, AttributeError, ValueError) as err:
-            raise ValueError(f"{name}: not a clapkit shard manifest ({err}); rewrite the shards") from err
+        """Raises ValueError on a manifest this version cannot read (the message names it)."""
+        if not isinstance(raw, Mapping) or raw.get("version") != MANIFEST_VERSION:
+            found = raw.get("version") if isinstance(raw, Mapping) else type(raw).__name__
+            raise ValueError(
+                f"{name}: not a clapkit shard manifest of version {MANIFEST_VERSION} ({found!r}); rewrite the shards"
+            )
+        stored = {k: v for k, v in raw.items() if k != "total"}  # written for readers; derived from the shards
+        return from_mapping(cls, stored, name)
 
 
 def load_manifest(path: str | Path) -> Manifest:

@@ -61,5 +61,12 @@ def test_manifest_round_trip(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"version": 99, "shards": []}))
     with pytest.raises(ValueError, match="not a clapkit shard manifest"):
         load_manifest(tmp_path)
+    broken = {**manifest.to_dict(), "shards": [{"name": "shard-000000.tar", "count": "3"}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=r"manifest\.json\.shards: unknown keys|manifest\.json: .*count"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest.to_dict(), "shard_count": 1}))
+    with pytest.raises(ValueError, match=r"manifest\.json: unknown keys \['shard_count'\]"):
+        load_manifest(tmp_path)
     with pytest.raises(FileNotFoundError, match="clapkit shards write"):
         load_manifest(tmp_path / "elsewhere")
