@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clapkit.accel.onednn import onednn_linears
 from clapkit.audio import AudioSource
 from clapkit.lalm.chat import (
     AUDIO_TOKEN,
@@ -36,7 +37,6 @@ from clapkit.lalm.chat import (
 from clapkit.lalm.data import ConversationCollator, ConversationSample
 from clapkit.lalm.projectors import Projector, XAttnProjector
 from clapkit.model import ClapModel
-from clapkit.towers.onednn import onednn_linears
 
 __all__ = [
     "BATCH_KEYS",
