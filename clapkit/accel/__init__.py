@@ -5,7 +5,7 @@
   outputs.
 - ``precision``: ``autocast(device, dtype)``, autocast or nothing.
 
-Each kernel is kept because it beats ``torch.compile`` of the plain torch path on the same work
-(``python -m benchmarks accel``, docs/benchmarks.md). Submodules are imported where they are used, so importing
-this package costs nothing.
+Each kernel stays only while it beats ``torch.compile`` of the plain torch path on the same work
+(``python -m benchmarks accel``; docs/benchmarks.md, "CPU kernels against torch.compile"). Submodules are
+imported where they are used, so importing this package costs nothing.
 """
