@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from clapkit import audio as audio_io
+from clapkit.accel.precision import autocast
 from clapkit.checkpoint import write_safetensors
 from clapkit.config import ModelConfig, ProjectionConfig
 from clapkit.io import atomic_replace_dir
@@ -43,10 +43,6 @@ def _mlp(in_dim: int, out_dim: int, cfg: ProjectionConfig) -> nn.Module:
         raise ValueError(f"unknown projection activation {cfg.act!r}; valid: {', '.join(acts)}")
     hidden = cfg.hidden or out_dim
     return nn.Sequential(nn.Linear(in_dim, hidden), acts[cfg.act](), nn.Linear(hidden, out_dim))
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def _unit(emb: torch.Tensor) -> torch.Tensor:
@@ -246,7 +242,7 @@ class ClapModel(nn.Module):
             owners = [i for i, _, _ in pending]
             batch = torch.stack([w for _, w, _ in pending]).to(self.device)
             lengths = torch.tensor([n for _, _, n in pending], device=self.device)
-            with _autocast(self.device, autocast_dtype):
+            with autocast(self.device, autocast_dtype):
                 emb = self.encode_audio(batch, lengths=lengths).float().cpu()
             for owner, e in zip(owners, emb):
                 sums[owner] += e
@@ -295,7 +291,7 @@ class ClapModel(nn.Module):
         try:
             for start in progress_bar(range(0, len(texts), batch_size), desc="embed text", disable=not progress):
                 tokens = self.tokenize(texts[start : start + batch_size])
-                with _autocast(self.device, autocast_dtype):
+                with autocast(self.device, autocast_dtype):
                     out.append(self.encode_text(tokens).float().cpu())
         finally:
             self.train(was_training)

@@ -11,13 +11,13 @@ from typing import Any
 import torch
 
 import clapkit
+from clapkit.cache import FeatureStore
 from clapkit.compose.benchmark import BENCHMARK_KINDS, hold_out_pairs
 from clapkit.compose.scenes import ComposerConfig, EventClip, EventPhrase
 from clapkit.evaluate.compositional import load_compa_csv
 from clapkit.evaluate.retrieval import load_retrieval_set
 from clapkit.evaluate.suite import EvalSets
 from clapkit.evaluate.zeroshot import LabelledAudio
-from clapkit.feature_store import FeatureStore
 from clapkit.model import ClapModel
 from demo.config import DemoConfig
 from demo.datasets import DATASETS

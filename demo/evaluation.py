@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from clapkit.cache import embed_audio_features, embed_text_features
 from clapkit.evaluate.suite import COMPARISON_METRICS, evaluate_stored, format_comparison, save_comparison_chart
-from clapkit.feature_store import embed_audio_features, embed_text_features
 from clapkit.io import atomic_write_json, atomic_write_text
 from clapkit.model import ClapModel
 from demo.data import Workspace

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
+from clapkit.cache import FeatureStore, audio_features, file_windows, text_features
 from clapkit.data.inputs import read_jsonl
 from clapkit.data.reader import ReaderConfig, ShardReader
 from clapkit.data.schema import load_manifest
 from clapkit.data.writer import WriterConfig, parse_size, write_shards
-from clapkit.feature_store import FeatureStore, audio_features, file_windows, text_features
 from clapkit.io import atomic_write_text
 from demo.data import Workspace
 from demo.runner import StepRunner, fingerprint

@@ -10,7 +10,7 @@ it with the training app's ``train.lalm.LalmModule`` in LLaSO's two stages:
 3. **lalm eval** on held-out data: the label question on every held-out clip and the order question on the
    held-out CompA-order scenes, each beside its chance level.
 
-The frozen towers' outputs are in the demo's feature store (``clapkit.feature_store``), so the aisfx CNN never
+The frozen towers' outputs are in the demo's feature store (``clapkit.cache``), so the aisfx CNN never
 runs: the encoder's ``audio_sequence`` is its head over the stored frames (``audio_sequence_from_tower``), handed
 to the model as ``audio_features``. Stage 1 checks that path against the live one (waveform → aisfx → head →
 projector) on a few held-out clips.
@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 
 import clapkit
 from clapkit.audio import load_audio
-from clapkit.feature_store import FeatureStore
+from clapkit.cache import FeatureStore
 from clapkit.io import atomic_write_text
 from clapkit.lalm import AudioLanguageModel, audio_sequence_from_tower
 from clapkit.lalm import load as load_lalm

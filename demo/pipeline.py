@@ -20,8 +20,8 @@ import torch
 import yaml
 
 import clapkit
+from clapkit.cache import FeatureStore
 from clapkit.evaluate.suite import EvalSets
-from clapkit.feature_store import FeatureStore
 from clapkit.io import atomic_write_json, atomic_write_text
 from clapkit.model import ClapModel
 from demo.config import DemoConfig

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
 import clapkit
-from clapkit.feature_store import FeatureStore
+from clapkit.cache import FeatureStore
 from clapkit.model import ClapModel
 from demo.data import Workspace
 from demo.features import TrainSample, train_samples
@@ -109,7 +109,7 @@ class StoredFeatureData(pl.LightningDataModule):
 
 
 class StoredFeatureClapModule(ClapModule):
-    """``ClapModule`` whose frozen towers are replaced by stored outputs (``clapkit.feature_store``).
+    """``ClapModule`` whose frozen towers are replaced by stored outputs (``clapkit.cache``).
 
     Call ``use_features`` before training. Batches carry ``audio_keys`` (and ``audio_negative_keys`` for the
     counterfactual audio) instead of waveforms; captions are looked up in the text store.

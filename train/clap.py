@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import FSDPStrategy
 
+from clapkit.cache import TowerCache, waveform_keys
 from clapkit.checkpoint import load_state
 from clapkit.config import AudioConfig, ModelConfig, merge
 from clapkit.data.reader import ReaderConfig, ShardReader
@@ -28,7 +29,6 @@ from clapkit.evaluate.retrieval import retrieval_metrics
 from clapkit.factory import create_model, load
 from clapkit.losses import LOSSES
 from clapkit.model import ClapModel
-from train.cache import TowerCache, waveform_keys
 from train.callbacks import Checkpoint, EvalSuite, ReaderStats, SamplesPerSecond
 from train.optim import OptimConfig, build_optimizer, build_scheduler, freeze_zero_lr, param_ndims
 
@@ -157,7 +157,7 @@ class ClapModule(pl.LightningModule):
         loss: Name in ``clapkit.losses.LOSSES`` (``infonce``, ``compa_hardneg``, ``compa_modular``, ``afclap``).
         loss_args: Keyword arguments of the loss (e.g. ``{"symmetric": true}`` for ``afclap``).
         optimizer: AdamW, warmup + cosine, per-prefix learning rates.
-        cache_frozen_towers: Cache the outputs of frozen towers (exact; see ``train.cache``).
+        cache_frozen_towers: Cache the outputs of frozen towers (exact; see ``clapkit.cache``).
         cache_max_items: Entries kept per cached tower.
         cache_dtype: Storage dtype of cached features (``float16`` | ``bfloat16`` | ``float32``).
         export_dir: Where the final model is written with ``save_pretrained`` (default: ``<log dir>/model``).

@@ -1,7 +1,7 @@
 """The evaluation suite on stored frozen-tower features, and side-by-side comparisons of several models.
 
 ``evaluate_stored`` runs zero-shot classification, text↔audio retrieval and the compositional benchmarks for a
-model whose towers are frozen, from a ``clapkit.feature_store.FeatureStore`` of their outputs: only the heads and
+model whose towers are frozen, from a ``clapkit.cache.FeatureStore`` of their outputs: only the heads and
 projections run, so comparing many trained models (arms, seeds) costs seconds each. The numbers are those of
 ``evaluate_zeroshot`` / ``evaluate_retrieval`` / ``evaluate_compositional`` on the same files (the stored features
 are the towers' exact outputs for clips of at most one window), with each metric's chance level added.
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from clapkit.cache import FeatureStore, embed_audio_features, embed_text_features
 from clapkit.evaluate.compositional import CompositionalItem, compositional_scores
 from clapkit.evaluate.report import format_table
 from clapkit.evaluate.retrieval import KS, RetrievalSet, retrieval_metrics
 from clapkit.evaluate.zeroshot import LabelledAudio, classification_metrics
-from clapkit.feature_store import FeatureStore, embed_audio_features, embed_text_features
 from clapkit.io import atomic_write_bytes
 from clapkit.model import ClapModel
 from clapkit.zeroshot import DEFAULT_TEMPLATES, zero_shot

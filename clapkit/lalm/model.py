@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clapkit.accel.onednn import onednn_linears
 from clapkit.audio import AudioSource
 from clapkit.lalm.adapter import save_pretrained
 from clapkit.lalm.chat import (
@@ -36,7 +37,6 @@ from clapkit.lalm.config import LalmConfig
 from clapkit.lalm.data import ConversationCollator, ConversationSample
 from clapkit.lalm.projectors import Projector, XAttnProjector
 from clapkit.model import ClapModel
-from clapkit.towers.onednn import onednn_linears
 
 __all__ = [
     "BATCH_KEYS",
@@ -351,7 +351,7 @@ class AudioLanguageModel(nn.Module):
         inputs = self.prepare_inputs(
             input_ids, attention_mask, labels, audio, audio_lengths, audio_features, audio_features_mask
         )
-        with inputs.context, onednn_linears(inputs.embeds):  # float32 on the CPU: oneDNN GEMMs (towers/onednn.py)
+        with inputs.context, onednn_linears(inputs.embeds):  # float32 on the CPU: oneDNN GEMMs (accel/onednn.py)
             if not return_logits and inputs.labels is not None and _keeps_logits(self.llm):
                 return self._target_loss(inputs, **llm_kwargs)
             return self.llm(
@@ -504,7 +504,7 @@ def _keeps_logits(llm: nn.Module) -> bool:
 
 
 def audio_sequence_from_tower(encoder: ClapModel, tower_out: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``encoder.audio_sequence`` from its audio tower's output (e.g. stored by ``clapkit.feature_store``).
+    """``encoder.audio_sequence`` from its audio tower's output (e.g. stored by ``clapkit.cache``).
 
     For clips of one window this equals ``audio_sequence(wave)`` (the head, if any, over the tower's frames), so a
     frozen tower's outputs computed once serve LALM training without running the tower again.

@@ -6,8 +6,8 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer, text_global_pool
 
+from clapkit.accel.onednn import onednn_linears
 from clapkit.towers.base import TEXT_TOWERS, TextTower, TowerOutput
-from clapkit.towers.onednn import onednn_linears
 
 
 @TEXT_TOWERS.register("clip")

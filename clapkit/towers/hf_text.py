@@ -10,8 +10,8 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from clapkit.accel.onednn import onednn_linears
 from clapkit.towers.base import TEXT_TOWERS, TextTower, TowerOutput, masked_mean
-from clapkit.towers.onednn import onednn_linears
 
 #: Sub-folder of a ``save_pretrained`` directory holding the tokenizer and backbone config.
 SUBDIR = "text_tower"

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from transformers import ClapAudioConfig, ClapAudioModel
 
+from clapkit.accel.htsat import enable_fast_htsat
 from clapkit.config import AudioConfig, MelConfig
 from clapkit.features import LogMel
 from clapkit.towers.base import AUDIO_TOWERS, AudioTower, TowerOutput, check_frames, frame_mask
-from clapkit.towers.htsat_fast import enable_fast_htsat
 
 
 @AUDIO_TOWERS.register("htsat")
@@ -21,7 +21,7 @@ class HTSATTower(AudioTower):
         audio: The model's audio policy (rate and clip length).
         frontend: Log-mel config; ``n_mels`` becomes HTSAT's ``num_mel_bins``.
         pretrained: Unused (HTSAT weights come from converted checkpoints, see ``clapkit.convert``).
-        fast: Run the encoder through ``clapkit.towers.htsat_fast`` (same weights and outputs, less copying,
+        fast: Run the encoder through ``clapkit.accel.htsat`` (same weights and outputs, less copying,
             oneDNN GEMMs on CPU); False keeps transformers' own forward.
         **hf_config: ``transformers.ClapAudioConfig`` fields (depths, num_attention_heads, spec_size, …).
     """

@@ -6,10 +6,10 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from clapkit.accel.onednn import onednn_linears
 from clapkit.config import AudioConfig, MelConfig
 from clapkit.features import LogMel
 from clapkit.towers.base import AUDIO_TOWERS, AudioTower, TowerOutput, frame_mask
-from clapkit.towers.onednn import onednn_linears
 
 
 @AUDIO_TOWERS.register("vit")

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from clapkit.feature_store import FeatureStore
+from clapkit.cache import FeatureStore
 from clapkit.lalm.evaluate import extract_label
 from demo.config import LalmSection, LalmStageSection, load_config
 from demo.lalm import LalmRunner, _scene_order, check_stored_features, stored_sequences

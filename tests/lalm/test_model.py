@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import clapkit.lalm
+from clapkit.accel import onednn
 from clapkit.lalm import IGNORE_INDEX, ConversationSample, configure_stage
 from clapkit.lalm.chat import end_of_turn_ids
-from clapkit.towers import onednn
 from tests.lalm.conftest import PROJECTOR_PARAMS, make_lalm, tone
 
 QA = [{"role": "user", "content": "<Audio>\nWhat sound is this?"}, {"role": "assistant", "content": "A dog."}]

@@ -9,10 +9,10 @@ import torch
 from transformers import ClapAudioConfig, ClapAudioModel
 from transformers.models.clap.modeling_clap import ClapAudioEncoder
 
+from clapkit.accel import onednn
+from clapkit.accel.htsat import FastClapAudioEncoder, disable_fast_htsat, enable_fast_htsat
 from clapkit.config import get_model_config
-from clapkit.towers import onednn
 from clapkit.towers.htsat import HTSATTower
-from clapkit.towers.htsat_fast import FastClapAudioEncoder, disable_fast_htsat, enable_fast_htsat
 from tests.conftest import TINY_OVERRIDES
 
 #: The tiny tower of tests/conftest.py (a 16×16 patch grid, windows of 4, stages 16² → 8² → 4², 16 mel bins)

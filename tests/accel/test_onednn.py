@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clapkit.accel import onednn
 from clapkit.factory import create_model
-from clapkit.towers import onednn
 from tests.conftest import build_tiny_model
 
 pytestmark = pytest.mark.skipif(
@@ -177,7 +177,7 @@ def test_mode_stays_out_of_autocast_other_dtypes_and_when_disabled(counted, monk
 @pytest.mark.parametrize("name", ["htsat-tiny", "vit-tiny", "clapkit-small"])
 def test_towers_use_it_and_keep_their_outputs(name, counted, monkeypatch):
     """The CLIP text, Hugging Face text and ViT audio towers run their linear layers through oneDNN (HTSAT has
-    its own path, tests/towers/test_htsat_fast.py), with the embeddings F.linear gives."""
+    its own path, tests/accel/test_htsat.py), with the embeddings F.linear gives."""
     model = build_tiny_model() if name == "htsat-tiny" else create_model(name).eval()
     wave = torch.randn(2, model.config.audio.clip_samples, generator=torch.Generator().manual_seed(0)) * 0.1
     tokens = model.tokenize(["a dog barks then a bell rings", "rain"])

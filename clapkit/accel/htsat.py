@@ -17,7 +17,7 @@ that owns no new parameters: the state dict, checkpoints and conversions are unc
   the residual add fused in (``F.linear`` calls MKL's sgemm, which takes a generic, non-AVX-512 path on AMD
   CPUs); batches above ``micro_batch`` clips run in slices after the patch embedding, bounding activation memory.
 - In training (or with grad) in float32 on CPU, without autocast: the dense layers' three products (output,
-  input gradient, weight gradient) run as oneDNN inner products too (``clapkit.towers.onednn``); the bias, GELU and
+  input gradient, weight gradient) run as oneDNN inner products too (``clapkit.accel.onednn``); the bias, GELU and
   residual add stay separate ops, as autograd needs their inputs. HTSAT-tiny forward + backward of 2 clips:
   0.59 s instead of 0.94 s of CPU on one thread. Under autocast ``F.linear`` already runs oneDNN's bf16 GEMMs.
 
@@ -49,7 +49,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clap.modeling_clap import ClapAudioEncoder, ClapAudioLayer
 from transformers.utils import can_return_tuple
 
-from clapkit.towers import onednn
+from clapkit.accel import onednn
 
 __all__ = ["DEFAULT_MICRO_BATCH", "FastClapAudioEncoder", "disable_fast_htsat", "enable_fast_htsat"]
 
@@ -58,7 +58,7 @@ __all__ = ["DEFAULT_MICRO_BATCH", "FastClapAudioEncoder", "disable_fast_htsat", 
 #: on one thread but lose far more on two threads (4× the parallel regions), so only larger batches are sliced.
 DEFAULT_MICRO_BATCH = 16
 
-#: oneDNN inner product with fused post-ops (``clapkit.towers.onednn``). Measured on an AVX-512 AMD EPYC, one
+#: oneDNN inner product with fused post-ops (``clapkit.accel.onednn``). Measured on an AVX-512 AMD EPYC, one
 #: thread, HTSAT-tiny shapes: 2-4× faster than ``F.linear`` in fp32.
 _LINEAR_POINTWISE = onednn.LINEAR_POINTWISE
 

@@ -1,4 +1,5 @@
-"""Stored frozen-tower features: exact against the model's own embeddings, padding, save/load, merge."""
+"""Frozen-tower caches: the on-disk store exact against the model's own embeddings, save/load, merge; the
+in-training cache's hits, limits and padding, the same as the store's."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import pytest
 import soundfile as sf
 import torch
 
-from clapkit.feature_store import (
+from clapkit.cache import (
     FeatureStore,
+    TowerCache,
     audio_features,
     embed_audio_features,
     embed_text_features,
     file_windows,
+    pad_trimmed,
     text_features,
+    waveform_keys,
 )
+from clapkit.towers import TowerOutput
 from tests.conftest import TINY_RATE, build_tiny_model, tone
 
 HEAD = {"layers": 1, "width": 16, "heads": 2, "max_len": 64, "pool": "cls", "dropout": 0.0}
@@ -82,3 +87,61 @@ def test_refuses_trainable_towers_and_long_audio(clips, tmp_path):
     sf.write(long, tone(440, 2.5, TINY_RATE), TINY_RATE)
     with pytest.raises(ValueError, match="longer than the model's 1.0 s clip"):
         list(file_windows([str(long)], trainable.config.audio))
+
+
+def _tower(pooled: torch.Tensor, sequence: torch.Tensor, lengths: torch.Tensor):
+    """A stand-in frozen tower over rows of fixed outputs, recording which rows it ran."""
+    mask = torch.arange(sequence.shape[1])[None, :] < lengths[:, None]
+    calls = []
+
+    def compute(indices: list[int]) -> TowerOutput:
+        calls.append(indices)
+        return TowerOutput(pooled[indices], sequence[indices], mask[indices])
+
+    return compute, calls
+
+
+def test_tower_cache_matches_the_store_and_counts_hits():
+    g = torch.Generator().manual_seed(0)
+    pooled, sequence, lengths = (
+        torch.randn(3, 4, generator=g),
+        torch.randn(3, 5, 2, generator=g),
+        torch.tensor([2, 5, 1]),
+    )
+    compute, calls = _tower(pooled, sequence, lengths)
+    cache = TowerCache(keep_sequence=True, dtype=torch.float32)
+    first = cache(["a", "b", "c"], compute, torch.device("cpu"))
+    again = cache(["c", "a"], compute, torch.device("cpu"))
+    assert calls == [[0, 1, 2]] and (cache.hits, cache.misses) == (2, 3)
+    store = FeatureStore.from_outputs(["a", "b", "c"], [first], torch.float32)
+    for keys, out in ((["a", "b", "c"], first), (["c", "a"], again)):
+        expected = store.batch(keys)
+        for name in ("pooled", "sequence", "mask"):
+            assert torch.equal(getattr(out, name), getattr(expected, name)), name
+    assert torch.equal(again.sequence[0, :1], sequence[2, :1]) and again.mask.tolist() == [[1, 0], [1, 1]]
+
+
+def test_tower_cache_limit_and_pooled_only_placeholder():
+    g = torch.Generator().manual_seed(1)
+    compute, calls = _tower(torch.randn(3, 4, generator=g), torch.randn(3, 5, 2, generator=g), torch.tensor([2, 5, 1]))
+    cache = TowerCache(keep_sequence=False, max_items=2, dtype=torch.float16)
+    out = cache(["a", "b", "c"], compute, torch.device("cpu"))
+    assert len(cache) == 2 and out.pooled.dtype == torch.float32
+    assert out.sequence.shape == (3, 1, 1) and out.mask.all()
+    cache(["c"], compute, torch.device("cpu"))
+    assert calls == [[0, 1, 2], [0]]  # "c" came after the cache was full: computed again
+
+
+def test_pad_trimmed_zero_pads_and_masks():
+    out = pad_trimmed(torch.ones(2, 3, dtype=torch.float16), [torch.ones(1, 2), torch.ones(3, 2)], None)
+    assert out.pooled.dtype == out.sequence.dtype == torch.float32
+    assert out.mask.tolist() == [[True, False, False], [True, True, True]]
+    assert torch.equal(out.sequence.sum(-1), 2 * out.mask.float())
+
+
+def test_waveform_keys_hash_content_and_length():
+    wave = torch.zeros(2, 8)
+    wave[1, 0] = 1.0
+    plain = waveform_keys(wave)
+    assert plain[0] != plain[1] and plain == waveform_keys(wave.clone())
+    assert waveform_keys(wave, torch.tensor([8, 8]))[0] != waveform_keys(wave, torch.tensor([4, 8]))[0]

@@ -1,28 +1,36 @@
-"""Frozen-tower features computed once and kept on disk, for training heads and evaluating without the towers.
+"""Frozen-tower outputs computed once and reused: on disk (``FeatureStore``) or in memory during training
+(``TowerCache``).
 
 A frozen tower (``freeze: true``) is a fixed function in eval mode, so its output for an input is known once it
-has been computed: storing it is exact, not an approximation. With both towers of ``clapkit-small`` frozen, only
-the heads and projections train, and they run on stored features
-(``ClapModel.audio_from_tower`` / ``text_from_tower``) in a fraction of the time the towers take.
+has been computed: storing it is exact, not an approximation. Only the trainable heads and projections then run
+(``ClapModel.audio_from_tower`` / ``text_from_tower``), in a fraction of the time the towers take.
 
-A ``FeatureStore`` maps string keys (a sample key, a file, a caption) to a ``TowerOutput`` row: the pooled vector
-[D] and the sequence [T_i, D_seq] trimmed to its real frames or tokens. ``batch(keys)`` pads the sequences back
-into a ``TowerOutput`` [B, T, D_seq] with its mask, exactly what the tower returned for the real positions.
+Both keep a row per key: the pooled vector [D] and the sequence [T_i, D_seq] trimmed to its real frames or
+tokens; ``pad_trimmed`` pads rows back into a ``TowerOutput`` [B, T, D_seq] with its mask, exactly what the
+tower returned for the real positions.
 
-Audio is given as the model would see it: one clip-length window per key, zero- or repeat-padded as the model's
-``AudioConfig`` says, with the number of real samples — the preprocessing of ``ClapModel.embed_audio`` (for audio
-no longer than one clip) and of the shard reader in evaluation mode.
+``FeatureStore`` maps string keys (a sample key, a file, a caption) to rows and is saved as one safetensors file;
+with both towers of ``clapkit-small`` frozen, heads train and evaluate on it without the towers. Audio is given
+as the model would see it: one clip-length window per key, zero- or repeat-padded as the model's ``AudioConfig``
+says, with the number of real samples — the preprocessing of ``ClapModel.embed_audio`` (for audio no longer than
+one clip) and of the shard reader in evaluation mode.
 
     store = audio_features(model, file_windows(paths, model.config.audio), progress=True)
     store.save("features/audio.safetensors")
     emb = embed_audio_features(model, FeatureStore.load("features/audio.safetensors"), paths)   # [N, D]
+
+``TowerCache`` fills itself during training (``cache_frozen_towers: true``, train/clap.py). Text is keyed by the
+caption; audio by a hash of the waveform window the reader produced (``waveform_keys``), so a different random
+crop of the same clip is a different key and is computed afresh. Memory: each entry keeps the pooled vector and,
+when the model has a head over the tower's sequence, the trimmed sequence. For clapkit-small in float16, a 10 s
+clip ≈ 55 frames × 512 ≈ 56 KB and a caption ≈ 20 tokens × 384 ≈ 15 KB.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from tqdm.auto import tqdm
 
+from clapkit.accel.precision import autocast
 from clapkit.audio import AudioSource, fit_length, load_audio
 from clapkit.config import AudioConfig
 from clapkit.io import atomic_write_bytes
@@ -39,15 +48,37 @@ from clapkit.towers import TowerOutput
 
 __all__ = [
     "FeatureStore",
+    "TowerCache",
     "audio_features",
     "embed_audio_features",
     "embed_text_features",
     "file_windows",
+    "pad_trimmed",
     "text_features",
+    "waveform_keys",
 ]
 
 #: A batch of audio windows: keys [B], waveforms [B, S] at the model's rate, real samples per row [B].
 AudioBatch = tuple[Sequence[str], torch.Tensor, torch.Tensor]
+
+
+def pad_trimmed(pooled: torch.Tensor, seqs: Sequence[torch.Tensor], device: torch.device | str | None) -> TowerOutput:
+    """Trimmed rows back into a tower's output, in float32 on ``device``.
+
+    Args:
+        pooled: Pooled features [B, D], in the storage dtype.
+        seqs: Each row's real positions [T_i, D_seq], in the storage dtype.
+        device: Where the output goes (None: stays on the CPU).
+
+    Returns:
+        ``TowerOutput`` with pooled [B, D], sequence [B, T, D_seq] zero-padded to the longest row, mask [B, T].
+    """
+    sequence = torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True)  # [B, T, D_seq]
+    lengths = torch.tensor([len(s) for s in seqs])
+    mask = torch.arange(sequence.shape[1])[None, :] < lengths[:, None]  # [B, T]
+    return TowerOutput(
+        pooled=pooled.to(device, torch.float32), sequence=sequence.to(device, torch.float32), mask=mask.to(device)
+    )
 
 
 class FeatureStore:
@@ -99,15 +130,7 @@ class FeatureStore:
         """``TowerOutput`` of ``keys``: pooled [B, D], sequence [B, T, D_seq] padded with zeros, mask [B, T]."""
         rows = self.rows(keys)
         seqs = [self.sequence[self.offsets[r] : self.offsets[r + 1]] for r in rows]
-        sequence = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)  # [B, T, D_seq]
-        lengths = self.lengths[rows]
-        mask = torch.arange(sequence.shape[1])[None, :] < lengths[:, None]  # [B, T]
-        pooled = self.pooled[rows]
-        return TowerOutput(
-            pooled=pooled.to(device, torch.float32),
-            sequence=sequence.to(device, torch.float32),
-            mask=mask.to(device),
-        )
+        return pad_trimmed(self.pooled[rows], seqs, device)
 
     def merge(self, other: FeatureStore) -> FeatureStore:
         """A store with the rows of both (``other`` must hold only new keys)."""
@@ -172,8 +195,67 @@ class FeatureStore:
         return cls(keys, torch.cat(pooled), torch.cat(seqs), torch.tensor(lengths, dtype=torch.long))
 
 
-def _autocast(dtype: torch.dtype | None, device: torch.device):
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+def waveform_keys(audio: torch.Tensor, lengths: torch.Tensor | None = None) -> list[str]:
+    """A content hash per waveform row [B, T] (CPU tensors; run before the batch moves to the GPU)."""
+    rows = audio.detach().cpu().contiguous()
+    keys = []
+    for i, row in enumerate(rows):
+        h = hashlib.blake2b(row.numpy().tobytes(), digest_size=16)
+        if lengths is not None:
+            h.update(int(lengths[i]).to_bytes(8, "little"))
+        keys.append(h.hexdigest())
+    return keys
+
+
+class TowerCache:
+    """Frozen-tower outputs by key, kept on the CPU while training (filled as inputs come).
+
+    Args:
+        keep_sequence: Also keep the frame/token sequence (needed when a head runs over it).
+        max_items: Entries kept; later new inputs are computed every time they come.
+        dtype: Storage dtype (``torch.float16`` halves the memory of float32).
+    """
+
+    def __init__(self, keep_sequence: bool, max_items: int = 100_000, dtype: torch.dtype = torch.float16) -> None:
+        self.keep_sequence = keep_sequence
+        self.max_items = max_items
+        self.dtype = dtype
+        self._store: dict[Hashable, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __call__(
+        self, keys: Sequence[Hashable], compute: Callable[[list[int]], TowerOutput], device: torch.device
+    ) -> TowerOutput:
+        """Tower output for ``keys``; ``compute(indices)`` runs the tower on the inputs not cached yet.
+
+        Returns:
+            ``TowerOutput`` with pooled [B, D]; sequence [B, T, D_seq] and mask [B, T] padded to the longest
+            entry (a [B, 1, 1] placeholder when sequences are not kept).
+        """
+        missing = [i for i, k in enumerate(keys) if k not in self._store]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        fresh: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        if missing:
+            with torch.no_grad():
+                out = compute(missing)
+            for j, i in enumerate(missing):
+                seq = out.sequence[j][out.mask[j]].to("cpu", self.dtype) if self.keep_sequence else None
+                entry = (out.pooled[j].to("cpu", self.dtype), seq)
+                fresh[i] = entry
+                if len(self._store) < self.max_items:
+                    self._store[keys[i]] = entry
+        entries = [fresh[i] if i in fresh else self._store[k] for i, k in enumerate(keys)]
+        pooled = torch.stack([e[0] for e in entries])  # [B, D]
+        if not self.keep_sequence:
+            pooled = pooled.to(device, torch.float32)
+            ones = torch.ones(len(keys), 1, dtype=torch.bool, device=device)
+            return TowerOutput(pooled=pooled, sequence=pooled[:, None, :1], mask=ones)
+        return pad_trimmed(pooled, [e[1] for e in entries], device)
 
 
 def _check_frozen(model: ClapModel, side: str) -> None:
@@ -264,7 +346,7 @@ def audio_features(
     bar = tqdm(total=total, desc="audio features", unit="clip", disable=not progress)
     try:
         for batch_keys, wave, lengths in batches:
-            with _autocast(autocast_dtype, device):
+            with autocast(device, autocast_dtype):
                 out = tower(wave.to(device), lengths.to(device))
             outputs.append(TowerOutput(out.pooled.float(), out.sequence.float(), out.mask))
             keys.extend(batch_keys)

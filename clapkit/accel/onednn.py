@@ -7,7 +7,7 @@ linear fusions) does not. Measured on an AVX-512 AMD EPYC, one thread, at the sh
 - output and input gradient 2.2-2.5x faster, weight gradient 1.3-2.3x (``OneDnnLinear``);
 - all-MiniLM-L6-v2 embedding 64 captions: 0.20 s → 0.12 s; the 12-layer CLIP text tower, forward + backward
   of 16 captions: 0.59 s → 0.31 s (its MLPs and ``nn.MultiheadAttention``'s self-attention projections, see
-  ``_self_attention``); HTSAT-tiny (``htsat_fast``), forward + backward of 2 clips: 0.94 s → 0.59 s;
+  ``_self_attention``); HTSAT-tiny (``clapkit.accel.htsat``), forward + backward of 2 clips: 0.94 s → 0.59 s;
 - the LALM's LLM (``clapkit.lalm.AudioLanguageModel`` runs its forward and ``generate`` in the mode): a stage-2
   LoRA step of a SmolLM2-shaped Llama, 4 conversations, 2.30 s → 1.56 s.
 
