@@ -16,7 +16,7 @@ from typing import IO, Any
 import tqdm.auto
 import tqdm.std
 
-__all__ = ["LOG_INTERVAL", "progress_bar"]
+__all__ = ["LOG_INTERVAL", "is_terminal", "progress_bar"]
 
 LOG_INTERVAL = 10.0  # s between two lines of a bar in a log
 _CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # tqdm moves the cursor up to redraw nested bars
@@ -49,7 +49,8 @@ class _LineStream:
         return False
 
 
-def _is_terminal(stream: Any) -> bool:
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is an interactive terminal (``False`` for files, pipes and closed streams)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
@@ -70,7 +71,7 @@ def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm.s
             ``mininterval`` (the least time between two lines) defaults to ``LOG_INTERVAL`` seconds.
     """
     stream = kwargs.get("file") or sys.stderr
-    if not _is_terminal(stream) and not _in_notebook():
+    if not is_terminal(stream) and not _in_notebook():
         kwargs["file"] = _LineStream(stream)
         kwargs.setdefault("mininterval", LOG_INTERVAL)
         # tqdm's monitor thread redraws a bar that has been quiet for maxinterval; no sooner than a line is due.

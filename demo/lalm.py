@@ -61,6 +61,7 @@ from demo.lalm_qa import (
     stage2_items,
 )
 from demo.runner import StepRunner, fingerprint
+from train.callbacks import progress_bars_for_logs
 from train.lalm import LalmModule, build_lalm
 from train.optim import OptimConfig
 
@@ -121,6 +122,7 @@ class LalmRunner:
             enable_checkpointing=False,
             enable_model_summary=False,
             enable_progress_bar=self.progress,
+            callbacks=progress_bars_for_logs(enable_progress_bar=self.progress),
             num_sanity_val_steps=0,
             default_root_dir=str(folder),
         )

@@ -20,6 +20,7 @@ from clapkit.model import ClapModel
 from demo.data import Workspace
 from demo.features import TrainSample, train_samples
 from demo.runner import StepRunner, fingerprint
+from train.callbacks import progress_bars_for_logs
 from train.clap import ClapModule
 from train.optim import OptimConfig, ParamGroup
 
@@ -168,6 +169,7 @@ def _trainer(work: Workspace, log_dir: Path) -> pl.Trainer:
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, cfg.steps // 10)),
         enable_progress_bar=work.progress,
+        callbacks=progress_bars_for_logs(enable_progress_bar=work.progress),
         default_root_dir=str(log_dir),
         precision=cfg.precision,
     )

@@ -1,19 +1,33 @@
-"""Callbacks of the training apps: throughput in the progress bar, checkpoints, the evaluation suite."""
+"""Callbacks of the training apps: throughput in the progress bar, progress lines in logs, checkpoints, the
+evaluation suite."""
 
 from __future__ import annotations
 
+import math
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.throughput import Throughput
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.strategies import FSDPStrategy
 
-__all__ = ["Checkpoint", "EvalSuite", "ReaderStats", "SamplesPerSecond", "ThroughputCallback", "batch_size_of"]
+from clapkit.progress import LOG_INTERVAL, is_terminal
+
+__all__ = [
+    "Checkpoint",
+    "EvalSuite",
+    "LogProgressBar",
+    "ReaderStats",
+    "SamplesPerSecond",
+    "ThroughputCallback",
+    "batch_size_of",
+    "progress_bars_for_logs",
+]
 
 
 def batch_size_of(batch: Any) -> int:
@@ -200,3 +214,78 @@ class EvalSuite(Callback):
                 if isinstance(value, (int, float)) and not key.startswith("num_"):
                     out[f"eval/{task}/{key}"] = float(value)
         return out
+
+
+class LogProgressBar(ProgressBar):
+    """Training progress as plain lines, for a log file instead of a terminal.
+
+    Lightning's tqdm bar redraws its line with a carriage return on every step, which a log (``make demo > log``,
+    a batch job's output) keeps as thousands of updates on one line. This bar writes one line at most every
+    ``interval`` seconds of training, the last step of each epoch, and the metrics after each validation.
+
+    Args:
+        interval: Least time between two training lines [s].
+        stream: Where lines go (default: ``sys.stderr`` when a line is written).
+        clock: Monotonic clock [s] (tests pass their own).
+    """
+
+    def __init__(
+        self, interval: float = LOG_INTERVAL, stream: Any = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.interval, self.stream, self.clock = interval, stream, clock
+        self._enabled = True
+        self._last = -math.inf
+        self._total: int | float = math.inf  # batches of the current epoch, read when it starts
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _write(self, text: str) -> None:
+        if self._enabled:
+            print(text, file=self.stream or sys.stderr, flush=True)
+
+    def _metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+        items = self.get_metrics(trainer, pl_module).items()
+        return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last = self.clock()  # the first line comes after one interval of work
+        self._total = self.total_train_batches  # with max_steps, the steps left: it shrinks as they are done
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        now, done, total = self.clock(), batch_idx + 1, self._total
+        last = done == total
+        if not last and now - self._last < self.interval:
+            return
+        self._last = now
+        of = f"/{total}" if math.isfinite(total) else ""
+        step = f"step {trainer.global_step}" + (f"/{trainer.max_steps}" if trainer.max_steps > 0 else "")
+        self._write(
+            f"{self.train_description} epoch {trainer.current_epoch} batch {done}{of} {step}  "
+            f"{self._metrics(trainer, pl_module)}"
+        )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._write(
+                f"{self.validation_description} after step {trainer.global_step}  {self._metrics(trainer, pl_module)}"
+            )
+
+
+def progress_bars_for_logs(
+    callbacks: Sequence[Callback] = (), enable_progress_bar: bool | None = True, stream: Any = None
+) -> list[Callback]:
+    """``[LogProgressBar()]`` when training progress would go to a log rather than a terminal, else ``[]``.
+
+    Nothing is added when the progress bar is switched off or ``callbacks`` already hold a progress bar (the
+    user's choice wins), nor on a terminal, where Lightning's own tqdm bar is the better display.
+    """
+    if enable_progress_bar is False or any(isinstance(c, ProgressBar) for c in callbacks):
+        return []
+    return [] if is_terminal(stream or sys.stderr) else [LogProgressBar(stream=stream)]

@@ -18,7 +18,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import FSDPStrategy
 
 from clapkit.cache import TowerCache, waveform_keys
@@ -30,6 +29,7 @@ from clapkit.factory import create_model, load
 from clapkit.losses import LOSSES
 from clapkit.model import ClapModel
 from train.callbacks import Checkpoint, EvalSuite, ReaderStats, SamplesPerSecond
+from train.cli import TrainCLI
 from train.optim import OptimConfig, build_optimizer, build_scheduler, freeze_zero_lr, param_ndims
 
 __all__ = ["ClapDataModule", "ClapModule", "build_clap_model", "main"]
@@ -563,7 +563,7 @@ def _check_precision(trainer: Any) -> None:
         )
 
 
-class ClapCLI(LightningCLI):
+class ClapCLI(TrainCLI):
     """LightningCLI with ``checkpoint`` (periodic + final) and ``eval`` (held-out suite) sections."""
 
     def add_arguments_to_parser(self, parser) -> None:

@@ -24,7 +24,6 @@ import lightning.pytorch as pl
 import torch
 import webdataset as wds
 from jsonargparse import class_from_function
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.data import DataLoader, IterableDataset
@@ -45,6 +44,7 @@ from clapkit.lalm import (
 from clapkit.lalm.io import SMOLLM2_GGUF, default_llm_folder
 from train.callbacks import Checkpoint, ThroughputCallback
 from train.clap import build_clap_model
+from train.cli import TrainCLI
 from train.optim import OptimConfig, build_optimizer, build_scheduler, freeze_zero_lr
 
 __all__ = [
@@ -444,7 +444,7 @@ class TokensPerSecond(ThroughputCallback):
         return len(batch["keys"]), int(batch["attention_mask"].sum())
 
 
-class LalmCLI(LightningCLI):
+class LalmCLI(TrainCLI):
     """LightningCLI with the ``checkpoint`` section (periodic + final ``last.ckpt``)."""
 
     def add_arguments_to_parser(self, parser) -> None:

@@ -4,11 +4,13 @@ import json
 
 import pytest
 import yaml
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from clapkit.losses import LOSSES
 from tests.conftest import TINY_OVERRIDES
 from tests.train.conftest import CONFIGS
 from train.__main__ import main as train_main
+from train.callbacks import LogProgressBar
 from train.clap import main
 
 CONFIG_FILES = sorted(CONFIGS.glob("*.yaml"))
@@ -70,3 +72,13 @@ def test_bad_config_values_are_named(tiny_data, tmp_path, tiny_model_dir, monkey
 def test_dispatcher(capsys):
     assert train_main(["--help"]) == 0 and "clap" in capsys.readouterr().out
     assert train_main(["nope"]) == 2 and "valid apps" in capsys.readouterr().err
+
+
+def test_progress_goes_to_logs_as_lines(tiny_data, tmp_path, tiny_model_dir, monkeypatch):
+    """Under pytest stderr is captured, not a terminal: the app's trainer writes plain progress lines."""
+    monkeypatch.chdir(tmp_path)
+    args = fast_dev_args(CONFIGS / "tiny.yaml", tiny_data, tmp_path, tiny_model_dir)
+    cli = main([*args, "--trainer.enable_progress_bar", "true"])
+    assert type(cli.trainer.progress_bar_callback) is LogProgressBar
+    cli = main([*args, "--trainer.enable_progress_bar", "true", "--trainer.callbacks+=TQDMProgressBar"])
+    assert type(cli.trainer.progress_bar_callback) is TQDMProgressBar  # a bar the config names wins
