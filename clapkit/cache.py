@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save
-from tqdm.auto import tqdm
 
 from clapkit.accel.precision import autocast
 from clapkit.audio import AudioSource, fit_length, load_audio
 from clapkit.config import AudioConfig
 from clapkit.io import atomic_write_bytes
 from clapkit.model import ClapModel
+from clapkit.progress import progress_bar
 from clapkit.towers import TowerOutput
 
 __all__ = [
@@ -343,7 +343,7 @@ def audio_features(
         tower.to(memory_format=torch.channels_last)
     keys: list[str] = []
     outputs: list[TowerOutput] = []
-    bar = tqdm(total=total, desc="audio features", unit="clip", disable=not progress)
+    bar = progress_bar(total=total, desc="audio features", unit="clip", disable=not progress)
     try:
         for batch_keys, wave, lengths in batches:
             with autocast(device, autocast_dtype):
@@ -383,7 +383,7 @@ def text_features(
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     keys, outputs = [], []
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc="text features", disable=not progress):
+        for start in progress_bar(range(0, len(order), batch_size), desc="text features", disable=not progress):
             chunk = [texts[i] for i in order[start : start + batch_size]]
             tokens = model.tokenize(chunk)
             ids, mask = tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import io
+from pathlib import Path
 
 import pytest
 import tqdm.auto
@@ -74,3 +76,17 @@ def test_disabled_bars_write_nothing(clock):
     log = io.StringIO()
     run(log, clock, steps=10, step=100.0, disable=True)
     assert log.getvalue() == ""
+
+
+def test_every_bar_of_the_project_goes_through_progress_bar():
+    """A bare ``tqdm(...)`` would flood logs with carriage returns again; only clapkit.progress imports tqdm."""
+    root = Path(__file__).resolve().parent.parent
+    direct = set()
+    for room in ("clapkit", "train", "retrieval", "demo"):
+        for path in sorted((root / room).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+                if any(n.split(".")[0] == "tqdm" for n in names):
+                    direct.add(str(path.relative_to(root)))
+    assert direct == {"clapkit/progress.py"}

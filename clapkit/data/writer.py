@@ -328,7 +328,7 @@ def write_shards(
         config: Shard size, audio format and parallelism.
         source: What the records came from, stored in the manifest.
         overwrite: Delete shards already in ``out_dir`` instead of resuming.
-        progress: Show a tqdm bar.
+        progress: Show a progress bar.
 
     Returns:
         The final manifest.
