@@ -14,6 +14,7 @@ import clapkit
 from clapkit.cache import FeatureStore
 from clapkit.compose.benchmark import BENCHMARK_KINDS, hold_out_pairs
 from clapkit.compose.scenes import ComposerConfig, EventClip, EventPhrase
+from clapkit.config import from_mapping
 from clapkit.evaluate.compositional import load_compa_csv
 from clapkit.evaluate.retrieval import load_retrieval_set
 from clapkit.evaluate.suite import EvalSets
@@ -84,11 +85,8 @@ class Workspace:
         return clips
 
     def composer_config(self) -> ComposerConfig:
-        raw = dict(self.config.scenes.composer)
-        for key in ("gap_seconds", "snr_db"):
-            if key in raw:
-                raw[key] = tuple(raw[key])
-        return ComposerConfig(**{**raw, "sample_rate": self.sample_rate})
+        raw = {**self.config.scenes.composer, "sample_rate": self.sample_rate}
+        return from_mapping(ComposerConfig, raw, "scenes.composer")  # unknown keys named with the valid ones
 
     def held_out_pairs(self) -> list[tuple[str, str]]:
         labels = {r["class"] for r in self.records("test")} & {r["class"] for r in self.records("train")}

@@ -343,8 +343,8 @@ def demo_data(work: Workspace, encoder: ClapModel) -> LalmData:
 def _scene_order(line: dict[str, Any], labels: list[str]) -> tuple[str, str] | None:
     """The two events of a training scene in playing order, or ``None`` when they overlap or are not two.
 
-    The composer lists events in playing order for ``sequence`` and ``attribute`` scenes; their counterfactuals
-    are the reversal (``sequence``) or the same order with the attributes swapped (``attribute``); an ``overlap``
+    The composer lists events in playing order for ``sequence``, ``attribute`` and ``rate`` scenes; their
+    counterfactuals are the reversal (``sequence``) or the same order with the attributes swapped; an ``overlap``
     scene plays both at once, its counterfactual one after the other in the listed order.
     """
     if len(labels) != 2 or labels[0] == labels[1]:
@@ -352,7 +352,7 @@ def _scene_order(line: dict[str, Any], labels: list[str]) -> tuple[str, str] | N
     kind, counterfactual = line.get("kind"), line.get("role") == "counterfactual"
     if kind == "sequence":
         return (labels[1], labels[0]) if counterfactual else (labels[0], labels[1])
-    if kind == "attribute" or (kind == "overlap" and counterfactual):
+    if kind in ("attribute", "rate") or (kind == "overlap" and counterfactual):
         return labels[0], labels[1]
     return None
 

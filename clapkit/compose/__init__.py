@@ -7,7 +7,8 @@
 - ``scenes``: scenes built from labeled single-event clips, with captions, positives, negatives and
   counterfactual audio.
 - ``templates``: the scenes' caption templates, in a training pool and a held-out test pool.
-- ``waveform``: the scenes' loudness, trimming, cutting, speed changes and FLAC encoding.
+- ``phrases``: how the scenes' captions name events and the attributes bound to them.
+- ``waveform``: the scenes' loudness, trimming, cutting, repetition and FLAC encoding.
 - ``benchmark``: held-out class pairs, training scenes without them, and the CompA-format benchmark.
 """
 

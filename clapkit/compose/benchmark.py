@@ -10,8 +10,9 @@ kept apart here:
   whose connectives ("precedes", "after which", "whilst", …) training never used.
 
 ``write_compositional_benchmark`` writes CompA-order (``A then B`` vs ``B then A``) and CompA-attribute (``A loud,
-then B soft`` vs the attributes swapped) CSV files, each row a scene and its counterfactual from the scene composer,
-plus a retrieval listing of every benchmark scene with its caption.
+then B soft`` or ``A fast, then B slow`` vs the attributes swapped) CSV files, each row a scene and its counterfactual
+from the scene composer — built exactly as the training scenes are, so the contrasts are audible — plus a retrieval
+listing of every benchmark scene with its caption.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ COMPA_COLUMNS = (
     "reversed_pair_file",
     "triplet_file",
 )
-#: Benchmark file → the scene kind whose counterfactual makes its second pair.
-BENCHMARK_KINDS = {"compa_order": "sequence", "compa_attribute": "attribute"}
+#: Benchmark file → the scene kinds whose counterfactuals make its second pair (row i uses kind i mod the count).
+BENCHMARK_KINDS: dict[str, tuple[str, ...]] = {"compa_order": ("sequence",), "compa_attribute": ("attribute", "rate")}
 
 Pair = tuple[str, str]
 
@@ -247,7 +248,8 @@ def write_compositional_benchmark(
 
     Row i of a benchmark combines ``pairs[perm[i mod P]]`` (a seeded permutation, so every pair is used before any
     is used twice): the scene (``pair_*``) and its counterfactual (``reversed_pair_*``) — the same two clips in
-    the other order (``compa_order``) or with the attributes swapped (``compa_attribute``).
+    the other order (``compa_order``) or with the attributes swapped (``compa_attribute``: even rows loud/soft,
+    odd rows fast/slow; ``items.jsonl`` gives each row's kind).
 
     Writes ``<name>.csv`` per benchmark, ``audio/<name>_<i>.flac`` (+ ``.counterfactual.flac``),
     ``retrieval.jsonl`` (every benchmark clip with its caption: ``{"path", "captions"}``, for
@@ -265,7 +267,7 @@ def write_compositional_benchmark(
     directory = Path(directory)
     by_label = _clips_by_label(clips, pairs, counts)
     # Only the benchmark kinds are composed; other kind weights of the caller's config do not matter here.
-    config = replace(config or ComposerConfig(), kinds={BENCHMARK_KINDS[name]: 1.0 for name in counts})
+    config = replace(config or ComposerConfig(), kinds={kind: 1.0 for name in counts for kind in BENCHMARK_KINDS[name]})
     composers: dict[Pair, SceneComposer] = {}
 
     def composer_for(pair: Pair) -> SceneComposer:
@@ -283,7 +285,8 @@ def write_compositional_benchmark(
         for i in progress_bar(range(rows), desc=name, unit="pair", disable=not progress):
             pair = chosen[i % len(pairs)]
             scene_seed = (seed, bench_index, i)
-            scene = composer_for(pair).compose(scene_seed, kind=BENCHMARK_KINDS[name])
+            kinds = BENCHMARK_KINDS[name]
+            scene = composer_for(pair).compose(scene_seed, kind=kinds[i % len(kinds)])
             row, listed, item = _benchmark_row(directory, name, i, pair, scene_seed, scene)
             table.append(row)
             retrieval += listed

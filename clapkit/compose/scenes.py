@@ -5,12 +5,14 @@ From clips of single events ("dog", "bell", …) it builds scenes whose composit
 - ``sequence``: A, a gap, then B.
 - ``overlap``: A in the foreground over B, mixed at an SNR (loudness difference in LU).
 - ``sequence3``: A, B, C one after another.
-- ``attribute``: A then B with opposite attributes bound to them: loud/soft (gain) or fast/slow (playback speed).
+- ``attribute``: A then B, one loud and one soft: normalised ``attribute_db`` LU apart (±10 LU around the event level).
+- ``rate``: A then B, one fast and one slow: a short unit of each repeated at ``rate_factor`` × / ÷ the base rate.
 
 Each scene carries a caption, paraphrase positives (other phrasings of the same scene, lexicon synonyms)
 and hard negatives that describe a different scene built from the same events (reversed order, sequence
-vs overlap, swapped binding), plus the audio of one of those scenes — its counterfactual (the same clips
-reversed, in sequence, or with the attributes swapped) — for audio-side negatives.
+vs overlap, swapped binding, attributes swapped between the events or given to both), plus the audio of one
+of those scenes — its counterfactual (the same clips reversed, in sequence, or with the attributes swapped) —
+for audio-side negatives.
 
 Captions come from template pools, not one template (``clapkit.compose.templates``): ``TEMPLATES["train"]`` and
 ``TEMPLATES["test"]`` use disjoint connectives ("followed by", "then", "while", … vs "precedes", "after which",
@@ -18,7 +20,9 @@ Captions come from template pools, not one template (``clapkit.compose.templates
 
 Every scene is deterministic given its seed, each event is loudness-normalised (ITU-R BS.1770 via
 ``torchaudio.functional.loudness``, see ``clapkit.compose.waveform``) before gains and SNRs are applied, the mix is
-normalised to a target loudness and scaled down if its peak would pass ``peak`` — never clipped.
+normalised to a target loudness and scaled down if its peak would pass ``peak`` — never clipped. Attribute contrasts
+are audible by construction: loudness is set in LU, rate by spacing repetitions (not by resampling, which changes
+pitch), and both are measured by the tests.
 """
 
 from __future__ import annotations
@@ -27,8 +31,6 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,59 +38,17 @@ import numpy as np
 
 from clapkit import audio as audio_io
 from clapkit.compose import waveform
-from clapkit.compose.captions import fix_articles, paraphrases
+from clapkit.compose.captions import compare_compositions, paraphrases
 from clapkit.compose.lexicon import Lexicon
+from clapkit.compose.phrases import ATTRIBUTES, EventPhrase, Said, bind_swapped, phrase_for, render
 from clapkit.compose.templates import TEMPLATES, without_connectives
 from clapkit.io import atomic_write_bytes, atomic_write_text
 from clapkit.progress import progress_bar
 
 __all__ = ["KINDS", "ComposerConfig", "EventClip", "EventPhrase", "Scene", "SceneComposer", "phrase_for"]
 
-Kind = Literal["sequence", "overlap", "sequence3", "attribute"]
-KINDS: tuple[str, ...] = ("sequence", "overlap", "sequence3", "attribute")
-
-
-# ---------------------------------------------------------------------------------------------- phrases
-@dataclass(frozen=True)
-class EventPhrase:
-    """How captions name one event: subject + verb ("a dog" "barks") and the verb's -ing form ("barking")."""
-
-    subject: str
-    verb: str
-    gerund: str
-
-
-@dataclass(frozen=True)
-class _Said:
-    """An event as templates see it: ``{a.clause}`` = "a dog barks loudly", ``{a.noun}`` = "a dog barking loudly"."""
-
-    phrase: EventPhrase
-    adverb: str = ""
-
-    @property
-    def clause(self) -> str:
-        return " ".join(x for x in (self.phrase.subject, self.phrase.verb, self.adverb) if x)
-
-    @property
-    def noun(self) -> str:
-        return " ".join(x for x in (self.phrase.subject, self.phrase.gerund, self.adverb) if x)
-
-
-@lru_cache(maxsize=1)
-def _event_table() -> dict[str, EventPhrase]:
-    text = resources.files("clapkit.compose").joinpath("resources/events.json").read_text(encoding="utf-8")
-    return {k: EventPhrase(*v) for k, v in json.loads(text)["events"].items()}
-
-
-def phrase_for(label: str) -> EventPhrase:
-    """The packaged phrase for a label ("dog" → "a dog" / "barks" / "barking"), else "a <label> sound plays"."""
-    key = " ".join(label.replace("_", " ").replace("-", " ").lower().split())
-    return _event_table().get(key) or EventPhrase(f"a {key} sound", "plays", "playing")
-
-
-def _render(template: str, *events: _Said) -> str:
-    text = template.format(**dict(zip("abc", events)))
-    return fix_articles(text[:1].upper() + text[1:])
+Kind = Literal["sequence", "overlap", "sequence3", "attribute", "rate"]
+KINDS: tuple[str, ...] = ("sequence", "overlap", "sequence3", "attribute", "rate")
 
 
 # ---------------------------------------------------------------------------------------------- config & data
@@ -109,16 +69,20 @@ class ComposerConfig:
         target_lufs: Loudness of the finished scene (LUFS).
         peak: Largest absolute sample value allowed (0.891 = -1 dBFS); louder mixes are scaled down.
         trim_db: Trim leading/trailing audio quieter than the clip's peak minus this (dB); None = keep.
-        soft_gain_db: Gain of the "soft" event relative to the "loud" one in attribute scenes (dB).
-        fast_speed: Playback-speed factor of "fast" events (> 1; changes pitch like a sped-up tape).
-        slow_speed: Playback-speed factor of "slow" events (< 1).
+        attribute_db: Loudness difference between the "loud" and the "soft" event of ``attribute`` scenes (LU ≈ dB):
+            they are normalised to ``event_lufs`` + and − half of it.
+        repeat_unit_seconds: Length of the unit ``rate`` scenes repeat: the event's loudest stretch, faded in and out.
+        rate_period_seconds: Base repetition period of ``rate`` scenes (s): "fast" events repeat the unit every
+            ``rate_period_seconds / rate_factor``, "slow" ones every ``rate_period_seconds * rate_factor``.
+        rate_factor: How many times faster than the base rate "fast" events repeat and slower "slow" ones do
+            (> 1; 2 puts fast and slow 4× apart).
         num_positives: Paraphrase positives per scene (other templates + one lexicon rewrite).
         fade_seconds: Fade-out applied where an event is cut.
     """
 
     sample_rate: int = 48000
     kinds: dict[str, float] = field(
-        default_factory=lambda: {"sequence": 1.0, "overlap": 1.0, "sequence3": 0.5, "attribute": 1.0}
+        default_factory=lambda: {"sequence": 1.0, "overlap": 1.0, "sequence3": 0.5, "attribute": 1.0, "rate": 0.5}
     )
     gap_seconds: tuple[float, float] = (0.2, 1.0)
     edge_seconds: float = 0.1
@@ -129,9 +93,10 @@ class ComposerConfig:
     target_lufs: float = -20.0
     peak: float = 0.891
     trim_db: float | None = 40.0
-    soft_gain_db: float = -15.0
-    fast_speed: float = 1.5
-    slow_speed: float = 0.67
+    attribute_db: float = 20.0
+    repeat_unit_seconds: float = 0.3
+    rate_period_seconds: float = 0.8
+    rate_factor: float = 2.0
     num_positives: int = 3
     fade_seconds: float = 0.02
 
@@ -141,10 +106,33 @@ class ComposerConfig:
             raise ValueError(f"kinds {self.kinds}: give positive weights for some of {', '.join(KINDS)}")
         if not 0 < self.peak <= 1:
             raise ValueError(f"peak={self.peak}: expected 0 < peak ≤ 1 (full scale)")
-        if not (self.fast_speed > 1 > self.slow_speed > 0):
-            raise ValueError(f"fast_speed={self.fast_speed}, slow_speed={self.slow_speed}: need fast > 1 > slow > 0")
         if self.gap_seconds[0] < 0 or self.gap_seconds[0] > self.gap_seconds[1]:
             raise ValueError(f"gap_seconds={self.gap_seconds}: expected 0 ≤ min ≤ max")
+        self._check_attributes()
+
+    def _check_attributes(self) -> None:
+        """Contrasts that are audible: a positive level difference, repetitions that neither merge nor vanish."""
+        if self.attribute_db <= 0:
+            raise ValueError(f"attribute_db={self.attribute_db}: expected a positive loudness difference (LU)")
+        if self.rate_factor <= 1:
+            raise ValueError(f"rate_factor={self.rate_factor}: expected > 1 (fast = base rate × it, slow = ÷ it)")
+        unit, fast, slow = self.repeat_unit_seconds, *self.rate_periods
+        if not 0 < unit < fast:
+            raise ValueError(
+                f"repeat_unit_seconds={unit}: expected 0 < unit < the fast period rate_period_seconds / rate_factor "
+                f"= {fast:g} s, so that fast repetitions stay apart"
+            )
+        room = min(self.max_event_seconds, (self.max_scene_seconds - 2 * self.edge_seconds - self.gap_seconds[1]) / 2)
+        if self.kinds.get("rate", 0) > 0 and slow + unit > room:
+            raise ValueError(
+                f"rate scenes: a slow event (period {slow:g} s + unit {unit:g} s) does not repeat twice in the "
+                f"{room:g} s an event may last; shorten rate_period_seconds or raise max_event_seconds"
+            )
+
+    @property
+    def rate_periods(self) -> tuple[float, float]:
+        """(fast, slow) repetition periods of ``rate`` scenes (s)."""
+        return self.rate_period_seconds / self.rate_factor, self.rate_period_seconds * self.rate_factor
 
 
 @dataclass
@@ -179,7 +167,8 @@ class Scene:
             swapped) — an audio-side hard negative for ``caption``.
         counterfactual_caption: Describes ``counterfactual_audio`` (it is also in ``negatives``).
         kind: Scene kind.
-        events: Per event, in time order: label, onset/offset seconds, gain_db, speed, attribute, source.
+        events: Per event, in time order: label, onset/offset seconds, gain_db (loudness relative to
+            ``event_lufs``), period (repetition period in seconds of ``rate`` events, else None), attribute, source.
         sample_rate: Hz.
         seed: The seed that reproduces it.
         pool: Template pool of the captions.
@@ -219,22 +208,16 @@ class Scene:
 
 @dataclass
 class _Event:
-    """A prepared event: loudness-normalised audio, its phrase, attribute and provenance."""
+    """A picked event: trimmed audio, its phrase, the attribute bound to it and provenance."""
 
     audio: np.ndarray  # [T] float64
     label: str
     phrase: EventPhrase
     source: str
-    gain_db: float = 0.0
-    speed: float = 1.0
+    gain_db: float = 0.0  # LU relative to event_lufs
+    period: float | None = None  # s between repetitions of the unit (rate scenes), None: played once
     attribute: str | None = None
     adverb: str = ""
-
-
-_ATTRIBUTES = {  # dimension → ((attribute, adverb), (opposite, adverb))
-    "loudness": (("loud", "loudly"), ("soft", "softly")),
-    "speed": (("fast", "quickly"), ("slow", "slowly")),
-}
 
 
 # ---------------------------------------------------------------------------------------------- the composer
@@ -303,7 +286,8 @@ class SceneComposer:
             "sequence": self._sequence,
             "overlap": self._overlap,
             "sequence3": self._sequence3,
-            "attribute": self._attribute,
+            "attribute": lambda r: self._bound(r, "attribute"),
+            "rate": lambda r: self._bound(r, "rate"),
         }[kind]
         scene = build(rng)
         scene.seed = tuple(seed) if isinstance(seed, Sequence) else seed
@@ -345,14 +329,26 @@ class SceneComposer:
         return events
 
     def _shape(self, events: list[_Event], budget: float) -> list[np.ndarray]:
-        """Speed, cut to the time budget, normalise loudness, apply gain → waveforms [T] float64."""
+        """Excerpt each event, normalise it to ``event_lufs`` + its gain, repeat it if it has a period → [T] float64.
+
+        The excerpt is the event cut to the time budget, or for a repeated event its loudest
+        ``repeat_unit_seconds`` faded in and out; the loudness is set on the excerpt, so a repeated unit is
+        equally loud at any rate and a gain is an exact level difference.
+        """
         cfg = self.config
         rate = cfg.sample_rate
         limit = int(min(cfg.max_event_seconds, budget) * rate)
+        fade = int(cfg.fade_seconds * rate)
         out = []
         for event in events:
-            wave = waveform.cut(waveform.change_speed(event.audio, event.speed), limit, int(cfg.fade_seconds * rate))
-            out.append(waveform.normalise(wave, rate, cfg.event_lufs) * 10 ** (event.gain_db / 20))
+            if event.period is None:
+                wave = waveform.cut(event.audio, limit, fade)
+            else:
+                wave = waveform.fade(waveform.loudest_window(event.audio, int(cfg.repeat_unit_seconds * rate)), fade)
+            wave = waveform.normalise(wave, rate, cfg.event_lufs + event.gain_db)
+            if event.period is not None:
+                wave = waveform.repeat(wave, round(event.period * rate), limit)  # the same span at any rate
+            out.append(wave)
         return out
 
     def _budget(self, count: int, gaps: float) -> float:
@@ -407,7 +403,7 @@ class SceneComposer:
                     "onset": round(start, 4),
                     "offset": round(end, 4),
                     "gain_db": round(event.gain_db, 2),
-                    "speed": event.speed,
+                    "period": None if event.period is None else round(event.period, 4),
                     "attribute": event.attribute,
                     "source": event.source,
                 }
@@ -419,24 +415,20 @@ class SceneComposer:
         return templates[int(rng.integers(len(templates)))]
 
     def _positives(self, rng: np.random.Generator, caption: str, same: list[str], exclude: set[str]) -> list[str]:
-        """Other phrasings of the scene (``same`` rendered by other templates) + one lexicon paraphrase."""
+        """Other phrasings of the scene (``same`` rendered by other templates) + one lexicon paraphrase.
+
+        A lexicon paraphrase that ``compare_compositions`` reads as a different scene is dropped: a synonym of one
+        event's attribute can be an antonym of the other's ("softly" → "quietly" next to "loudly").
+        """
         budget = self.config.num_positives
         if budget <= 0:
             return []
         lexical = paraphrases(caption, seed=int(rng.integers(2**31)), max_paraphrases=1, lexicon=self.lexicon)
+        lexical = [x for x in lexical if x not in exclude and compare_compositions(caption, x) != "different"]
         others = [s for s in dict.fromkeys(same) if s != caption and s not in exclude]
         order = rng.permutation(len(others))
         chosen = [others[i] for i in order[: max(0, budget - len(lexical))]]
-        return list(dict.fromkeys(chosen + [x for x in lexical if x not in exclude]))[:budget]
-
-    @staticmethod
-    def _bind_swapped(a: _Said, b: _Said) -> tuple[_Said, _Said] | None:
-        """Swap who does what: "a dog barks" / "a bell rings" → "a bell barks" / "a dog rings"."""
-        if a.phrase.subject == b.phrase.subject or a.phrase.verb == b.phrase.verb:
-            return None
-        swap_a = EventPhrase(b.phrase.subject, a.phrase.verb, a.phrase.gerund)
-        swap_b = EventPhrase(a.phrase.subject, b.phrase.verb, b.phrase.gerund)
-        return _Said(swap_a, a.adverb), _Said(swap_b, b.adverb)
+        return list(dict.fromkeys(chosen + lexical))[:budget]
 
     def _scene(
         self,
@@ -476,15 +468,15 @@ class SceneComposer:
         waves = self._shape(events, self._budget(2, sum(gaps)))
         audio, spans = self._in_sequence(waves, gaps)
         counter, _ = self._in_sequence(waves[::-1], gaps)
-        a, b = (_Said(e.phrase) for e in events)
+        a, b = (Said(e.phrase) for e in events)
         template = self._choose(rng, self.templates.sequence)
-        caption = _render(template, a, b)
-        reverse = _render(template, b, a)
-        negatives = [_render(self._choose(rng, self.templates.overlap), a, b)]
-        swapped = self._bind_swapped(a, b)
+        caption = render(template, a, b)
+        reverse = render(template, b, a)
+        negatives = [render(self._choose(rng, self.templates.overlap), a, b)]
+        swapped = bind_swapped(a, b)
         if swapped:
-            negatives.append(_render(template, *swapped))
-        same = [_render(t, a, b) for t in self.templates.sequence]
+            negatives.append(render(template, *swapped))
+        same = [render(t, a, b) for t in self.templates.sequence]
         positives = self._positives(rng, caption, same, {reverse, *negatives})
         return self._scene(
             "sequence", audio, counter, caption, reverse, negatives, positives, self._describe(events, spans)
@@ -499,23 +491,23 @@ class SceneComposer:
         waves = self._shape(events, self._budget(2, sum(gaps)))
         audio, spans = self._together(waves[0], waves[1], offset)
         counter, _ = self._in_sequence(waves, gaps)
-        a, b = (_Said(e.phrase) for e in events)
+        a, b = (Said(e.phrase) for e in events)
         foreground = bool(
             rng.uniform()
             < len(self.templates.foreground) / (len(self.templates.foreground) + len(self.templates.overlap))
         )
         template = self._choose(rng, self.templates.foreground if foreground else self.templates.overlap)
-        caption = _render(template, a, b)
-        in_sequence = _render(self._choose(rng, self.templates.sequence), a, b)
+        caption = render(template, a, b)
+        in_sequence = render(self._choose(rng, self.templates.sequence), a, b)
         negatives = []
-        swapped = self._bind_swapped(a, b)
+        swapped = bind_swapped(a, b)
         if swapped:
-            negatives.append(_render(template, *swapped))
+            negatives.append(render(template, *swapped))
         if foreground:
-            negatives.append(_render(template, b, a))  # b in the foreground instead
-            same = [_render(t, a, b) for t in self.templates.foreground]
+            negatives.append(render(template, b, a))  # b in the foreground instead
+            same = [render(t, a, b) for t in self.templates.foreground]
         else:
-            same = [_render(t, x, y) for t in self.templates.overlap for x, y in ((a, b), (b, a))]
+            same = [render(t, x, y) for t in self.templates.overlap for x, y in ((a, b), (b, a))]
         positives = self._positives(rng, caption, same, {in_sequence, *negatives})
         return self._scene(
             "overlap", audio, counter, caption, in_sequence, negatives, positives, self._describe(events, spans)
@@ -527,50 +519,50 @@ class SceneComposer:
         waves = self._shape(events, self._budget(3, sum(gaps)))
         audio, spans = self._in_sequence(waves, gaps)
         counter, _ = self._in_sequence(waves[::-1], gaps)
-        said = [_Said(e.phrase) for e in events]
+        said = [Said(e.phrase) for e in events]
         template = self._choose(rng, self.templates.sequence3)
-        caption = _render(template, *said)
-        reverse = _render(template, *said[::-1])
+        caption = render(template, *said)
+        reverse = render(template, *said[::-1])
         swaps = [(1, 0, 2), (0, 2, 1), (1, 2, 0), (2, 0, 1)]
         order = swaps[int(rng.integers(len(swaps)))]
-        negatives = [_render(template, *(said[i] for i in order))]
-        same = [_render(t, *said) for t in self.templates.sequence3]
+        negatives = [render(template, *(said[i] for i in order))]
+        same = [render(t, *said) for t in self.templates.sequence3]
         positives = self._positives(rng, caption, same, {reverse, *negatives})
         return self._scene(
             "sequence3", audio, counter, caption, reverse, negatives, positives, self._describe(events, spans)
         )
 
-    def _attribute(self, rng: np.random.Generator) -> Scene:
+    def _bind(self, event: _Event, attribute: tuple[str, str]) -> _Event:
+        """``event`` with ``attribute`` (name, adverb): loud/soft set its level, fast/slow its repetition period."""
         cfg = self.config
+        name, adverb = attribute
+        gain = {"loud": cfg.attribute_db / 2, "soft": -cfg.attribute_db / 2}.get(name, 0.0)
+        period = dict(zip(("fast", "slow"), cfg.rate_periods)).get(name)
+        return _Event(event.audio, event.label, event.phrase, event.source, gain, period, name, adverb)
+
+    def _bound(self, rng: np.random.Generator, kind: str) -> Scene:
+        """A then B with the opposite attributes of ``kind`` (``ATTRIBUTES``); the counterfactual swaps them."""
         events = self._pick(rng, 2)
         gaps = self._gaps(rng, 1)
-        dimension = ("loudness", "speed")[int(rng.integers(2))]
-        first, second = _ATTRIBUTES[dimension]
+        first, second = ATTRIBUTES[kind]
         if rng.uniform() < 0.5:
             first, second = second, first
-
-        def bind(event: _Event, attribute: tuple[str, str]) -> _Event:
-            name, adverb = attribute
-            gain = cfg.soft_gain_db if name == "soft" else 0.0
-            speed = {"fast": cfg.fast_speed, "slow": cfg.slow_speed}.get(name, 1.0)
-            return _Event(event.audio, event.label, event.phrase, event.source, gain, speed, name, adverb)
-
-        actual = [bind(events[0], first), bind(events[1], second)]
-        swapped = [bind(events[0], second), bind(events[1], first)]
+        actual = [self._bind(events[0], first), self._bind(events[1], second)]
+        swapped = [self._bind(events[0], second), self._bind(events[1], first)]
         budget = self._budget(2, sum(gaps))
         audio, spans = self._in_sequence(self._shape(actual, budget), gaps)
         counter, _ = self._in_sequence(self._shape(swapped, budget), gaps)
-        a, b = (_Said(e.phrase, e.adverb) for e in actual)
-        sa, sb = (_Said(e.phrase, e.adverb) for e in swapped)
+        a, b = (Said(e.phrase, e.adverb) for e in actual)
         template = self._choose(rng, self.templates.sequence)
-        caption = _render(template, a, b)
-        counter_caption = _render(template, sa, sb)
+        caption = render(template, a, b)
+        counter_caption = render(template, *(Said(e.phrase, e.adverb) for e in swapped))  # the binding swap
         negatives = [
-            _render(template, b, a),  # the same bindings in the other order
-            _render(template, a, _Said(b.phrase, a.adverb)),  # both events with the first attribute
+            render(template, b, a),  # the same bindings in the other order
+            render(template, a, Said(b.phrase, a.adverb)),  # both events with A's attribute
+            render(template, Said(a.phrase, b.adverb), b),  # both with B's
         ]
-        same = [_render(t, a, b) for t in self.templates.sequence]
+        same = [render(t, a, b) for t in self.templates.sequence]
         positives = self._positives(rng, caption, same, {counter_caption, *negatives})
         return self._scene(
-            "attribute", audio, counter, caption, counter_caption, negatives, positives, self._describe(actual, spans)
+            kind, audio, counter, caption, counter_caption, negatives, positives, self._describe(actual, spans)
         )

@@ -1,4 +1,4 @@
-"""Waveform operations of the scene composer: loudness, trimming, cutting, playback speed, FLAC encoding.
+"""Waveform operations of the scene composer: loudness, trimming, cutting, repetition, FLAC encoding.
 
 Waveforms are mono numpy arrays [T] (float64 while a scene is built); loudness is ITU-R BS.1770 integrated
 loudness (``torchaudio.functional.loudness``) in LUFS.
@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-__all__ = ["change_speed", "cut", "loudness", "normalise", "to_flac", "trim"]
+__all__ = ["cut", "fade", "loudest_window", "loudness", "normalise", "repeat", "to_flac", "trim"]
 
 
 def loudness(wave: np.ndarray, rate: int) -> float:
@@ -52,13 +52,41 @@ def cut(wave: np.ndarray, samples: int, fade: int) -> np.ndarray:
     return out
 
 
-def change_speed(wave: np.ndarray, factor: float) -> np.ndarray:
-    """Play ``factor`` times faster (shorter and higher) by resampling."""
-    if factor == 1.0:
+def fade(wave: np.ndarray, samples: int) -> np.ndarray:
+    """A copy of ``wave`` that fades in over its first and out over its last ``samples`` samples."""
+    out = wave.copy()
+    samples = min(samples, len(wave) // 2)
+    if samples > 0:
+        ramp = np.linspace(0.0, 1.0, samples)
+        out[:samples] *= ramp
+        out[len(out) - samples :] *= ramp[::-1]
+    return out
+
+
+def loudest_window(wave: np.ndarray, samples: int) -> np.ndarray:
+    """The ``samples``-long stretch of ``wave`` with the most energy (all of ``wave`` when it is shorter)."""
+    if len(wave) <= samples:
         return wave
-    orig, new = round(1000 * factor), 1000
-    g = math.gcd(orig, new)
-    return AF.resample(torch.from_numpy(wave), orig // g, new // g).numpy()
+    energy = np.concatenate([[0.0], np.cumsum(wave.astype(np.float64) ** 2)])
+    start = int(np.argmax(energy[samples:] - energy[:-samples]))
+    return wave[start : start + samples]
+
+
+def repeat(unit: np.ndarray, period: int, length: int) -> np.ndarray:
+    """``length`` samples holding ``unit`` every ``period`` samples from 0 (as many whole copies as fit).
+
+    Raises:
+        ValueError: ``period`` shorter than ``unit`` (copies would overlap) or ``length`` shorter than one copy.
+    """
+    if period < len(unit) or length < len(unit):
+        raise ValueError(
+            f"repeat: unit of {len(unit)} samples, period {period}, length {length}; "
+            "expected period ≥ unit and length ≥ unit"
+        )
+    out = np.zeros(length, dtype=unit.dtype)
+    for start in range(0, length - len(unit) + 1, period):
+        out[start : start + len(unit)] = unit
+    return out
 
 
 def to_flac(wave: np.ndarray, rate: int) -> bytes:

@@ -35,7 +35,14 @@ def _clips(offset: int = 0) -> list[EventClip]:
     ]
 
 
-CONFIG = ComposerConfig(sample_rate=RATE, max_scene_seconds=3.0, max_event_seconds=0.4)
+# Rate scenes scaled to the short events: a 40 ms unit every 60 ms (fast) or 240 ms (slow).
+CONFIG = ComposerConfig(
+    sample_rate=RATE,
+    max_scene_seconds=3.0,
+    max_event_seconds=0.4,
+    repeat_unit_seconds=0.04,
+    rate_period_seconds=0.12,
+)
 
 
 def test_hold_out_pairs_is_seeded_and_sized():
@@ -85,6 +92,9 @@ def test_benchmark_rows_use_held_out_pairs_and_test_phrasings(tmp_path):
     items = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
     assert {tuple(sorted(it["classes"])) for it in items} <= set(held)
     assert len({tuple(sorted(it["classes"])) for it in items[:3]}) == 3  # every pair before any repeats
+    attribute_items = [it for it in items if it["benchmark"] == "compa_attribute"]
+    assert [it["kind"] for it in attribute_items] == ["attribute", "rate", "attribute"]
+    assert [e["attribute"] for e in attribute_items[1]["events"]] in (["fast", "slow"], ["slow", "fast"])
     train_glue = re.compile(r"\b(followed by|then|before|after(?! which)|while|as|together with|amidst)\b")
     for it in order:
         assert not any(train_glue.search(c.lower()) for c in it.captions), it.captions

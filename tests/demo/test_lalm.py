@@ -139,6 +139,7 @@ def test_scene_order_follows_the_composer():
     assert _scene_order({"kind": "sequence", "role": "scene"}, labels) == ("dog", "piano")
     assert _scene_order({"kind": "sequence", "role": "counterfactual"}, labels) == ("piano", "dog")
     assert _scene_order({"kind": "attribute", "role": "counterfactual"}, labels) == ("dog", "piano")
+    assert _scene_order({"kind": "rate", "role": "counterfactual"}, labels) == ("dog", "piano")
     assert _scene_order({"kind": "overlap", "role": "scene"}, labels) is None
     assert _scene_order({"kind": "overlap", "role": "counterfactual"}, labels) == ("dog", "piano")
     assert _scene_order({"kind": "sequence3", "role": "scene"}, [*labels, "water"]) is None

@@ -69,9 +69,11 @@ def _config(tmp: Path) -> dict:
             "count": 10,
             "held_out_pair_fraction": 0.34,  # 2 of the 6 pairs
             "composer": {
-                "kinds": {"sequence": 1.0, "overlap": 1.0, "attribute": 1.0},
+                "kinds": {"sequence": 1.0, "overlap": 1.0, "attribute": 1.0, "rate": 1.0},
                 "max_scene_seconds": 0.95,
                 "max_event_seconds": 0.3,
+                "repeat_unit_seconds": 0.03,  # s: fast = every 0.05 s, slow = every 0.2 s
+                "rate_period_seconds": 0.1,
                 "gap_seconds": [0.05, 0.1],
                 "edge_seconds": 0.02,
             },
