@@ -1,7 +1,8 @@
 """``debian-sounds``: sound events, instrument notes and speech from Debian packages.
 
 The sources are game and education packages whose audio nobody on this project recorded
-(tuxpaint-stamps-default, minetest-data, gcompris-qt-data, sonic-pi-samples) and the FluidR3 GM
+(tuxpaint-stamps-default, minetest-data, gcompris-qt-data, sonic-pi-samples, scorched3d-data,
+lincity-ng-data, btanks-data, heroes-sound-effects, hedgewars-data, wesnoth-1.16-data, freeciv-data) and the FluidR3 GM
 SoundFont (fluid-soundfont-gm), rendered note by note. Which files make which class, and which files
 were left out and why, is the reviewed class map ``resources/debian_sounds.json``; see docs/data.md.
 """
@@ -24,6 +25,13 @@ APT_PACKAGES = (
     "gcompris-qt-data",
     "sonic-pi-samples",
     "fluid-soundfont-gm",
+    "scorched3d-data",
+    "lincity-ng-data",
+    "btanks-data",
+    "heroes-sound-effects",
+    "hedgewars-data",
+    "wesnoth-1.16-data",
+    "freeciv-data",
 )
 
 
