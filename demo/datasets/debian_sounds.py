@@ -2,9 +2,10 @@
 
 The sources are game and education packages whose audio nobody on this project recorded
 (tuxpaint-stamps-default, minetest-data, gcompris-qt-data, sonic-pi-samples, scorched3d-data,
-lincity-ng-data, btanks-data, heroes-sound-effects, hedgewars-data, wesnoth-1.16-data, freeciv-data) and the FluidR3 GM
-SoundFont (fluid-soundfont-gm), rendered note by note. Which files make which class, and which files
-were left out and why, is the reviewed class map ``resources/debian_sounds.json``; see docs/data.md.
+lincity-ng-data, btanks-data, heroes-sound-effects, hedgewars-data, wesnoth-1.16-data, freeciv-data,
+megaglest-data) and the FluidR3 GM SoundFont (fluid-soundfont-gm), rendered note by note. Which files
+make which class, and which files were left out and why, is the reviewed class map
+``resources/debian_sounds.json``; see docs/data.md.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ APT_PACKAGES = (
     "hedgewars-data",
     "wesnoth-1.16-data",
     "freeciv-data",
+    "megaglest-data",
 )
 
 
