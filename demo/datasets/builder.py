@@ -158,14 +158,29 @@ def check_class_map(class_map: str | Path | ClassMap, *, skip_missing: bool = Fa
     Returns:
         ``{"planned": {class: clips before trimming and de-duplication}, "missing_packages": [...],
         "problems": [{"class", "source", "reason"}]}`` (globs that match nothing, exclusions that name
-        no file, unreadable archives).
+        no file, unreadable archives, the same audio claimed by two classes).
     """
     cmap = class_map if isinstance(class_map, ClassMap) else load_class_map(class_map)
     jobs, missing, problems = collect_jobs(cmap, Sources(cmap), skip_missing)
     planned = {name: 0 for name in cmap.classes}
     for job in jobs:
         planned[job.cls.name] += 1
-    return {"planned": planned, "missing_packages": missing, "problems": problems}
+    return {"planned": planned, "missing_packages": missing, "problems": problems + _shared_audio(jobs)}
+
+
+def _shared_audio(jobs: list[Job]) -> list[dict[str, str]]:
+    """Audio (the same bytes and segment, under any path) that several classes claim: labels must be exclusive."""
+    claims: dict[tuple[str, Any], dict[str, str]] = defaultdict(dict)
+    for job in jobs:
+        claims[(job.content_key, job.segment)].setdefault(job.cls.name, job.origin)
+    problems = []
+    for by_class in claims.values():
+        if len(by_class) > 1:
+            names = sorted(by_class)
+            where = "; ".join(f"{name}: {by_class[name]}" for name in names)
+            reason = f"the same audio is in classes {', '.join(names)} ({where}); a clip takes one label"
+            problems.append({"class": names[0], "source": by_class[names[0]], "reason": reason})
+    return problems
 
 
 def build_dataset(

@@ -1,9 +1,11 @@
 """``debian-sounds``: sound events, instrument notes and speech from Debian packages.
 
 The sources are game and education packages whose audio nobody on this project recorded
-(tuxpaint-stamps-default, minetest-data, gcompris-qt-data, sonic-pi-samples) and the FluidR3 GM
-SoundFont (fluid-soundfont-gm), rendered note by note. Which files make which class, and which files
-were left out and why, is the reviewed class map ``resources/debian_sounds.json``; see docs/data.md.
+(tuxpaint-stamps-default, minetest-data, gcompris-qt-data, sonic-pi-samples, scorched3d-data,
+lincity-ng-data, btanks-data, heroes-sound-effects, hedgewars-data, wesnoth-1.16-data, freeciv-data,
+megaglest-data) and the FluidR3 GM SoundFont (fluid-soundfont-gm), rendered note by note. Which files
+make which class, and which files were left out and why, is the reviewed class map
+``resources/debian_sounds.json``; see docs/data.md.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ APT_PACKAGES = (
     "gcompris-qt-data",
     "sonic-pi-samples",
     "fluid-soundfont-gm",
+    "scorched3d-data",
+    "lincity-ng-data",
+    "btanks-data",
+    "heroes-sound-effects",
+    "hedgewars-data",
+    "wesnoth-1.16-data",
+    "freeciv-data",
+    "megaglest-data",
 )
 
 

@@ -257,6 +257,22 @@ def test_check_reports_bad_globs_and_stale_exclusions(tree: Path) -> None:
     assert "sounds/typo_*.wav" in problems and "excluded file not found" in problems
 
 
+def test_check_reports_audio_claimed_by_two_classes(tree: Path) -> None:
+    raw = _class_map(tree)
+    # beep_a.wav under its own name, and hiss_low's bytes reached through a second class.
+    raw["classes"]["hiss"]["sources"].append({"package": "files-pkg", "files": ["sounds/beep_a.wav"]})
+    report = check_class_map(load_class_map(raw))
+    shared = [p for p in report["problems"] if "same audio" in p["reason"]]
+    assert len(shared) == 1 and shared[0]["class"] == "beep"
+    assert "classes beep, hiss" in shared[0]["reason"] and "sounds/beep_a.wav" in shared[0]["reason"]
+    # A segment of a recording is not the whole recording: different cuts of one file may take two labels.
+    raw = _class_map(tree)
+    raw["classes"]["beep"]["sources"].append(
+        {"package": "rcc-pkg", "rcc": "res.rcc", "files": ["game/noise/long.wav"], "segments": [[0, 0.6]]}
+    )
+    assert not [p for p in check_class_map(load_class_map(raw))["problems"] if "same audio" in p["reason"]]
+
+
 def test_cli_builds_with_a_class_map(tree: Path, tmp_path: Path, capsys) -> None:
     path = tmp_path / "map.json"
     path.write_text(json.dumps(_class_map(tree)))
