@@ -12,6 +12,7 @@ import soundfile as sf
 from demo.datasets import DATASETS, DEFAULT_CLASS_MAP, build_dataset, check_class_map, load_class_map
 from demo.datasets.debian_sounds import APT_PACKAGES
 from demo.datasets.render import NoteRenderer
+from tests.demo.datasets.test_cross_source import assert_no_split_leaks
 
 RAW = json.loads(DEFAULT_CLASS_MAP.read_text())
 MISSING = [name for name, pkg in RAW["packages"].items() if not Path(pkg["root"]).exists()]
@@ -43,7 +44,16 @@ def test_build_a_slice_of_debian_sounds(tmp_path: Path) -> None:
     raw["classes"]["violin"] = dict(raw["classes"]["violin"], sources=raw["classes"]["violin"]["sources"][:1])
     result = build_dataset(tmp_path, load_class_map(raw), progress=False)
     counts = result.counts()
-    assert counts["dog"] == {"train": 3, "test": 1}
+    # dog: three gcompris clips and one tuxpaint clip; only tuxpaint can be held out (gcompris leaves 1 clip).
+    assert counts["dog"] == {"train": 2, "test": 1, "cross": 1}
+    held_out = assert_no_split_leaks(r.to_json() for r in result.records)
+    assert held_out == {"dog": "tuxpaint-stamps-default", "tom_drum": "sonic-pi-samples"}
+    assert counts["tom_drum"]["cross"] == 6  # sonic-pi's three toms, hard and soft
+    # Any of tom_drum's packages leaves enough clips; the hash of class and package picks sonic-pi.
+    eligible = "['fluid-soundfont-gm', 'sonic-pi-samples', 'tuxpaint-stamps-default']"
+    assert result.cross_sources["tom_drum"]["reason"] == f"chosen by hash among {eligible}"
+    assert result.cross_sources["violin"] == {"package": None, "reason": "one package (fluid-soundfont-gm)"}
+    assert counts["fire"]["cross"] == counts["violin"]["cross"] == 0
     assert sum(counts["violin"].values()) == 10  # 5 keys x 2 velocities
     assert {r.source_package for r in result.records if r.cls == "dog"} == {
         "tuxpaint-stamps-default",
