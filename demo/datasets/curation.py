@@ -19,8 +19,8 @@ import torchaudio.functional as AF
 
 __all__ = [
     "ProcessConfig",
-    "assign_splits",
     "assign_source_splits",
+    "assign_splits",
     "find_duplicates",
     "normalize_loudness",
     "plan_segments",

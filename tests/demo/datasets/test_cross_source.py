@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from demo.datasets import load_class_map
+from demo.datasets import class_map_fingerprint, load_class_map
 from demo.datasets.curation import assign_source_splits, assign_splits
 
 
@@ -168,3 +168,14 @@ def test_class_map_cross_source_package_is_validated() -> None:
     raw["classes"]["cat"]["cross_source_package"] = "pkg-a"
     with pytest.raises(ValueError, match="classes.cat: cross_source_package 'pkg-a' names the class's only package"):
         load_class_map(raw)
+
+
+def test_class_map_fingerprint_follows_the_cross_source_choice(monkeypatch) -> None:
+    from demo.datasets import builder
+
+    auto = class_map_fingerprint(load_class_map(_class_map()))
+    assert class_map_fingerprint(load_class_map(_class_map())) == auto
+    assert class_map_fingerprint(load_class_map(_class_map(cross_source_package="pkg-a"))) != auto
+    assert class_map_fingerprint(load_class_map(_class_map(cross_source_package=False))) != auto
+    monkeypatch.setattr(builder, "SPLIT_VERSION", builder.SPLIT_VERSION + 1)  # new split rules, same map
+    assert class_map_fingerprint(load_class_map(_class_map())) != auto
