@@ -45,7 +45,7 @@ DEFAULT_CONFIG = "configs/demo.yaml"
 @dataclass
 class DataSection:
     dataset: str = "debian-sounds"  # a demo.datasets builder
-    dataset_dir: str | None = None  # an existing folder with train.jsonl / test.jsonl instead of a build
+    dataset_dir: str | None = None  # a built folder (train.jsonl, test.jsonl [, cross.jsonl]) instead of a build
 
 
 @dataclass

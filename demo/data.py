@@ -3,6 +3,7 @@ held-out sets and the stored features; and step 1, **data** (``demo.datasets`` b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from clapkit.evaluate.suite import EvalSets
 from clapkit.evaluate.zeroshot import LabelledAudio
 from clapkit.model import ClapModel
 from demo.config import DemoConfig
-from demo.datasets import DATASETS
+from demo.datasets import CLASS_MAPS, DATASETS, class_map_fingerprint
 from demo.runner import StepRunner, fingerprint
 
 __all__ = ["Workspace", "build_dataset"]
@@ -63,9 +64,12 @@ class Workspace:
         return self._model
 
     def records(self, split: str) -> list[dict[str, Any]]:
-        """The dataset's records of ``split`` (``train`` / ``test``)."""
-        folder = self.dataset_dir
-        return [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+        """The dataset's records of ``split``: ``train``, ``test`` (in-source) or ``cross`` (cross-source; none
+        when the folder has no ``cross.jsonl``, as one built before that split existed)."""
+        path = self.dataset_dir / f"{split}.jsonl"
+        if split == "cross" and not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def event_clips(self, split: str) -> list[EventClip]:
         """Every clip of a split once per configured phrasing of its class."""
@@ -93,22 +97,34 @@ class Workspace:
         return hold_out_pairs(labels, self.config.scenes.held_out_pair_fraction, seed=self.config.seed)
 
     def eval_sets(self) -> EvalSets:
-        """The held-out sets: zero-shot on the test clips, retrieval and compositional from the benchmark step."""
+        """The held-out sets: zero-shot on the in-source test clips and on the cross-source clips (both against
+        the test split's classes), retrieval and compositional from the benchmark step."""
         folder = self.out / "benchmark"
         test = self.records("test")
         classes = sorted({r["labels"][0] for r in test})
-        index = {c: i for i, c in enumerate(classes)}
-        zeroshot = LabelledAudio(
-            paths=[str(self.dataset_dir / r["audio"]) for r in test],
-            targets=torch.tensor([index[r["labels"][0]] for r in test]).numpy(),
-            classes=classes,
-        )
+        cross = self.records("cross")
+        unknown = sorted({r["class"] for r in cross if r["labels"][0] not in classes})
+        if unknown:
+            raise ValueError(f"{self.dataset_dir}/cross.jsonl: classes {unknown} have no test clip to compare with")
         compositional = {
             name: load_compa_csv(folder / f"{name}.csv")
             for name in BENCHMARK_KINDS
             if (folder / f"{name}.csv").is_file()
         }
-        return EvalSets(zeroshot, load_retrieval_set(folder / "retrieval.jsonl"), compositional)
+        return EvalSets(
+            self._labelled(test, classes),
+            load_retrieval_set(folder / "retrieval.jsonl"),
+            compositional,
+            zeroshot_cross_source=self._labelled(cross, classes) if cross else None,
+        )
+
+    def _labelled(self, records: list[dict[str, Any]], classes: list[str]) -> LabelledAudio:
+        index = {c: i for i, c in enumerate(classes)}
+        return LabelledAudio(
+            paths=[str(self.dataset_dir / r["audio"]) for r in records],
+            targets=torch.tensor([index[r["labels"][0]] for r in records]).numpy(),
+            classes=classes,
+        )
 
     def stores(self) -> tuple[FeatureStore, FeatureStore]:
         """(audio, text) feature stores of the features step."""
@@ -129,7 +145,12 @@ def build_dataset(work: Workspace, runner: StepRunner) -> Path:
         for split in ("train", "test"):
             if not (folder / f"{split}.jsonl").is_file():
                 raise ValueError(f"data.dataset_dir: {folder} has no {split}.jsonl; build a dataset into it first")
-        runner.record("data", fingerprint(str(folder.resolve())))
+        # The listings' contents: a folder whose splits changed is new data to the later steps.
+        listings = hashlib.sha256()
+        for split in ("train", "test", "cross"):
+            path = folder / f"{split}.jsonl"
+            listings.update(path.read_bytes() if path.is_file() else b"-")
+        runner.record("data", fingerprint(str(folder.resolve()), listings.hexdigest()))
         runner.log(f"[data] using {folder}")
         return folder
     folder = work.out / "data" / cfg.dataset
@@ -139,10 +160,15 @@ def build_dataset(work: Workspace, runner: StepRunner) -> Path:
         counts = result.counts()
         return {
             "classes": len(counts),
-            "train": sum(c["train"] for c in counts.values()),
-            "test": sum(c["test"] for c in counts.values()),
+            **{split: sum(c[split] for c in counts.values()) for split in ("train", "test", "cross")},
+            "cross_classes": sum(1 for c in counts.values() if c["cross"]),
         }
 
-    summary = runner.step("data", fingerprint(cfg.dataset), folder, build)
-    runner.log(f"        {summary['classes']} classes, {summary['train']} train / {summary['test']} test clips")
+    # The class map and the builder's split rules decide the clips and splits: a change to either rebuilds.
+    inputs = class_map_fingerprint(CLASS_MAPS.get(cfg.dataset)) if cfg.dataset in CLASS_MAPS else None
+    summary = runner.step("data", fingerprint(cfg.dataset, inputs), folder, build)
+    runner.log(
+        f"        {summary['classes']} classes, {summary['train']} train / {summary['test']} test (in-source) / "
+        f"{summary['cross']} cross-source clips ({summary['cross_classes']} classes with a held-out package)"
+    )
     return folder

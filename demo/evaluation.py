@@ -1,13 +1,21 @@
-"""Step 7, **evaluate**: each saved model on the held-out sets — zero-shot top-1 on the held-out clips, retrieval
-R@k on the held-out scenes, compositional text / audio / group scores — side by side with chance;
-``results.json``, ``results.png`` and ``table.txt``."""
+"""Step 7, **evaluate**: each saved model on the held-out sets — zero-shot top-1 on the in-source test clips and on
+the cross-source clips (packages their class never trained on), retrieval R@k on the held-out scenes, compositional
+text / audio / group scores — side by side with chance; ``results.json``, ``results.png``, ``table.txt`` and
+``cross_source_classes.csv`` (per-class accuracy on the cross-source clips)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 from clapkit.cache import embed_audio_features, embed_text_features
-from clapkit.evaluate.suite import COMPARISON_METRICS, evaluate_stored, format_comparison, save_comparison_chart
+from clapkit.evaluate.suite import (
+    COMPARISON_METRICS,
+    evaluate_stored,
+    format_comparison,
+    save_comparison_chart,
+    save_per_class_csv,
+)
 from clapkit.io import atomic_write_json, atomic_write_text
 from clapkit.model import ClapModel
 from demo.data import Workspace
@@ -38,9 +46,10 @@ def evaluate(
     metrics = COMPARISON_METRICS + LALM_METRICS
     folder = work.out / "results"
     table = format_comparison(results, metrics)
-    z = sets.zeroshot
+    z, zc = sets.zeroshot, sets.zeroshot_cross_source
+    cross = f" + {len(zc.paths)} cross-source clips / {len(set(zc.targets.tolist()))} classes" if zc else ""
     header = (
-        f"held-out: zero-shot on {len(z.paths)} clips / {len(z.classes)} classes; retrieval on "
+        f"held-out: zero-shot on {len(z.paths)} in-source clips / {len(z.classes)} classes{cross}; retrieval on "
         f"{len(sets.retrieval.audio)} scenes; "
         + ", ".join(f"{name} {len(items)} pairs" for name, items in sets.compositional.items())
     )
@@ -51,12 +60,32 @@ def evaluate(
     }
     atomic_write_json(folder / "results.json", {"sets": header, "results": slim})
     save_comparison_chart(results, folder / "results.png", metrics=metrics, title=f"clapkit demo — {header}")
+    if zc is not None:
+        csv_path = folder / "cross_source_classes.csv"
+        save_per_class_csv(results, csv_path, key="zeroshot_cross_source", classes=_cross(work))
     log(header)
     log(table)
     for name, res in results.items():
-        failing = sorted(c for c, acc in res["zeroshot"]["per_class"].items() if acc == 0)
-        log(f"{name}: zero-shot classes with no held-out clip right ({len(failing)}): {', '.join(failing)}")
+        for key, what in (("zeroshot", "in-source"), ("zeroshot_cross_source", "cross-source")):
+            if key in res:
+                failing = sorted(c for c, acc in res[key]["per_class"].items() if acc == 0)
+                log(f"{name}: zero-shot classes with no {what} clip right ({len(failing)}): {', '.join(failing)}")
     return results
+
+
+def _cross(work: Workspace) -> dict[str, dict[str, object]]:
+    """Label → class, label, held-out package and clips of each class in the cross-source split."""
+    records = work.records("cross")
+    clips = Counter(r["labels"][0] for r in records)
+    out: dict[str, dict[str, object]] = {}
+    for r in sorted(records, key=lambda r: r["class"]):
+        label = r["labels"][0]
+        package = r.get("source_package", "")
+        row = out.setdefault(label, {"class": r["class"], "label": label, "held_out_package": package})
+        if row["held_out_package"] != package:
+            raise ValueError(f"cross.jsonl: class {r['class']} holds out {row['held_out_package']} and {package}")
+        row["clips"] = clips[label]
+    return out
 
 
 def check_stored_features(work: Workspace, model: ClapModel, count: int = 4) -> float:

@@ -7,11 +7,13 @@ projections run, so comparing many trained models (arms, seeds) costs seconds ea
 are the towers' exact outputs for clips of at most one window), with each metric's chance level added.
 
 ``comparison_rows`` lines the results of several models up under the chance level, ``format_comparison`` prints
-them and ``save_comparison_chart`` draws them as grouped bars (PNG).
+them and ``save_comparison_chart`` draws them as grouped bars (PNG); ``save_per_class_csv`` writes each model's
+per-class zero-shot accuracy next to descriptive columns per class.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from clapkit.evaluate.compositional import CompositionalItem, compositional_scor
 from clapkit.evaluate.report import format_table
 from clapkit.evaluate.retrieval import KS, RetrievalSet, retrieval_metrics
 from clapkit.evaluate.zeroshot import LabelledAudio, classification_metrics
-from clapkit.io import atomic_write_bytes
+from clapkit.io import atomic_write_bytes, atomic_write_text
 from clapkit.model import ClapModel
 from clapkit.zeroshot import DEFAULT_TEMPLATES, zero_shot
 
@@ -35,6 +37,7 @@ __all__ = [
     "evaluate_stored",
     "format_comparison",
     "save_comparison_chart",
+    "save_per_class_csv",
 ]
 
 
@@ -46,17 +49,22 @@ class EvalSets:
         zeroshot: Clips with class labels (class names are the prompts).
         retrieval: Clips and captions.
         compositional: Benchmark name → CompA instances (``load_compa_csv``).
+        zeroshot_cross_source: Labelled clips from sources their class never trained on (a held-out package),
+            classified against the prompts of their own ``classes`` (give it ``zeroshot``'s classes to compare
+            the two at one chance level).
     """
 
     zeroshot: LabelledAudio | None = None
     retrieval: RetrievalSet | None = None
     compositional: dict[str, list[CompositionalItem]] = field(default_factory=dict)
+    zeroshot_cross_source: LabelledAudio | None = None
 
     def audio_keys(self) -> list[str]:
         """Every audio key the suite reads, once each."""
         keys: list[str] = []
-        if self.zeroshot is not None:
-            keys += self.zeroshot.paths
+        for data in (self.zeroshot, self.zeroshot_cross_source):
+            if data is not None:
+                keys += data.paths
         if self.retrieval is not None:
             keys += self.retrieval.audio
         for items in self.compositional.values():
@@ -82,20 +90,15 @@ def evaluate_stored(
     """Zero-shot, retrieval and compositional metrics of ``model`` on stored tower outputs.
 
     Returns:
-        ``{"zeroshot": classification_metrics + chance_top1 / chance_top5, "retrieval": retrieval_metrics +
-        chance_<metric> per R@k, <benchmark name>: compositional_scores}`` for the sets given.
+        ``{"zeroshot": classification_metrics + chance_top1 / chance_top5 + predictions, "zeroshot_cross_source":
+        the same on the cross-source clips, "retrieval": retrieval_metrics + chance_<metric> per R@k,
+        <benchmark name>: compositional_scores}`` for the sets given.
     """
     out: dict[str, dict] = {}
-    if sets.zeroshot is not None:
-        data = sets.zeroshot
-        emb = embed_audio_features(model, audio, data.paths)
-        result = zero_shot(model, emb, data.classes, templates=templates)
-        metrics = classification_metrics(result.similarity, data.targets, data.classes)
-        classes = len(data.classes)
-        metrics["chance_top1"] = 1 / classes
-        metrics[f"chance_top{min(5, classes)}"] = min(5, classes) / classes
-        metrics["predictions"] = [data.classes[i] for i in result.similarity.argmax(axis=1)]
-        out["zeroshot"] = metrics
+    for name in ("zeroshot", "zeroshot_cross_source"):
+        data = getattr(sets, name)
+        if data is not None:
+            out[name] = _zeroshot_stored(model, audio, data, templates)
     if sets.retrieval is not None:
         data = sets.retrieval
         audio_emb = embed_audio_features(model, audio, data.audio)
@@ -122,11 +125,29 @@ def evaluate_stored(
     return out
 
 
+def _zeroshot_stored(model: ClapModel, audio: FeatureStore, data: LabelledAudio, templates: Sequence[str]) -> dict:
+    """``classification_metrics`` of one labelled set on stored features, with chance levels and predictions."""
+    emb = embed_audio_features(model, audio, data.paths)
+    result = zero_shot(model, emb, data.classes, templates=templates)
+    metrics = classification_metrics(result.similarity, data.targets, data.classes)
+    classes = len(data.classes)
+    metrics["chance_top1"] = 1 / classes
+    metrics[f"chance_top{min(5, classes)}"] = min(5, classes) / classes
+    metrics["predictions"] = [data.classes[i] for i in result.similarity.argmax(axis=1)]
+    return metrics
+
+
 #: (row label, result key path, chance key path) of the side-by-side table; rows whose results are absent are left out.
 COMPARISON_METRICS: tuple[tuple[str, str, str], ...] = (
     ("zero-shot top-1", "zeroshot.top1", "zeroshot.chance_top1"),
     ("zero-shot top-5", "zeroshot.top5", "zeroshot.chance_top5"),
     ("zero-shot class-mean top-1", "zeroshot.mean_class_accuracy", "zeroshot.chance_top1"),
+    ("zero-shot top-1, cross-source", "zeroshot_cross_source.top1", "zeroshot_cross_source.chance_top1"),
+    (
+        "zero-shot class-mean, cross-source",
+        "zeroshot_cross_source.mean_class_accuracy",
+        "zeroshot_cross_source.chance_top1",
+    ),
     ("text→audio R@1", "retrieval.text_to_audio_R@1", "retrieval.chance_text_to_audio_R@1"),
     ("text→audio R@10", "retrieval.text_to_audio_R@10", "retrieval.chance_text_to_audio_R@10"),
     ("audio→text R@1", "retrieval.audio_to_text_R@1", "retrieval.chance_audio_to_text_R@1"),
@@ -216,3 +237,29 @@ def save_comparison_chart(
     finally:
         plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def save_per_class_csv(
+    results: Mapping[str, Mapping], path: str | Path, *, key: str, classes: Mapping[str, Mapping[str, object]]
+) -> Path:
+    """A CSV with one row per class: its descriptive columns, then each model's accuracy on it (a fraction).
+
+    Args:
+        results: Model name → its results (``evaluate_stored``'s); ``results[model][key]["per_class"]`` maps a class
+            name to accuracy.
+        path: The CSV to write.
+        key: Which zero-shot result (``"zeroshot"``, ``"zeroshot_cross_source"``).
+        classes: Class name (as in ``per_class``) → its descriptive columns (the same keys for every class), in the
+            order of the rows. A model without a result for a class gets an empty cell.
+    """
+    described = list(dict.fromkeys(k for cols in classes.values() for k in cols))
+    clash = sorted(set(described) & set(results))
+    if clash:
+        raise ValueError(f"per-class CSV: columns {clash} are also model names; rename the models or the columns")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([*described, *results])
+    for name, cols in classes.items():
+        accuracy = [(r.get(key) or {}).get("per_class", {}).get(name) for r in results.values()]
+        writer.writerow([*(cols.get(k, "") for k in described), *("" if a is None else f"{a:.4f}" for a in accuracy)])
+    return atomic_write_text(path, buf.getvalue())

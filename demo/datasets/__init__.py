@@ -6,19 +6,30 @@
     result = DATASETS.get("debian-sounds")("data/debian-sounds")
 """
 
-from demo.datasets.builder import BuildResult, ClipRecord, build_dataset, check_class_map, format_summary
+from demo.datasets.builder import (
+    SPLITS,
+    BuildResult,
+    ClipRecord,
+    build_dataset,
+    check_class_map,
+    class_map_fingerprint,
+    format_summary,
+)
 from demo.datasets.classmap import ClassMap, load_class_map
 from demo.datasets.debian_sounds import DEFAULT_CLASS_MAP
-from demo.datasets.registry import DATASETS
+from demo.datasets.registry import CLASS_MAPS, DATASETS
 
 __all__ = [
+    "CLASS_MAPS",
     "DATASETS",
     "DEFAULT_CLASS_MAP",
+    "SPLITS",
     "BuildResult",
     "ClassMap",
     "ClipRecord",
     "build_dataset",
     "check_class_map",
+    "class_map_fingerprint",
     "format_summary",
     "load_class_map",
 ]

@@ -6,9 +6,11 @@ Output folder::
     metadata.jsonl              one record per clip (``audio``, ``class``, ``labels``, ``split``,
                                 ``captions``, ``source_package``, ``source_file``, ``duration`` …);
                                 readable by ``clapkit shards write --from``
-    train.jsonl, test.jsonl     the records of each split
+    train.jsonl, test.jsonl,    the records of each split: train, the in-source test (other recordings of the
+    cross.jsonl                 packages the class trains on) and cross-source (a package the class never trains on)
     index.csv                   the same, flat: path,class,label,kind,split,source_package,source_file,…
-    summary.json                counts per class and split, skipped sources with reasons, duplicates
+    summary.json                counts per class and split, each class's held-out package (or why none),
+                                skipped sources with reasons, duplicates
     class_map.json              the class map the folder was built from
 
 Every file is written under a temporary name and renamed. A rebuild reuses each clip whose
@@ -24,7 +26,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +37,27 @@ import torch
 from clapkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from clapkit.progress import progress_bar
 from demo.datasets.classmap import ClassMap, load_class_map
-from demo.datasets.curation import ProcessConfig, assign_splits, find_duplicates, process_clip, signature
+from demo.datasets.curation import ProcessConfig, assign_source_splits, find_duplicates, process_clip, signature
 from demo.datasets.sources import Job, Sources, collect_jobs, sha1_hex
 
-__all__ = ["BuildResult", "ClipRecord", "build_dataset", "check_class_map", "format_summary"]
+__all__ = [
+    "SPLITS",
+    "BuildResult",
+    "ClipRecord",
+    "build_dataset",
+    "check_class_map",
+    "class_map_fingerprint",
+    "format_summary",
+]
 
 log = logging.getLogger(__name__)
 
 #: Bump when processing changes in a way the settings do not capture (invalidates reused clips).
 PROCESS_VERSION = 1
+#: Bump when the split rules change (the same class map then gives other splits).
+SPLIT_VERSION = 2
+#: The splits a build writes, each to ``<split>.jsonl``: training, in-source test, cross-source test.
+SPLITS = ("train", "test", "cross")
 METADATA_NAME = "metadata.jsonl"
 INDEX_NAME = "index.csv"
 SUMMARY_NAME = "summary.json"
@@ -100,6 +114,7 @@ class BuildResult:
         missing_packages: Packages whose files were not found.
         reused: Clips taken unchanged from a previous build.
         seconds: Wall time of the build.
+        cross_sources: ``class → {"package": held-out package or None, "reason": why}`` for each kept class.
     """
 
     out_dir: Path
@@ -110,13 +125,21 @@ class BuildResult:
     missing_packages: list[str]
     reused: int
     seconds: float
+    cross_sources: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """``class → {"train": n, "test": n}``."""
+        """``class → {"train": n, "test": n, "cross": n}``."""
         out: dict[str, dict[str, int]] = {}
         for rec in self.records:
-            out.setdefault(rec.cls, {"train": 0, "test": 0})[rec.split] += 1
+            out.setdefault(rec.cls, dict.fromkeys(SPLITS, 0))[rec.split] += 1
         return out
+
+
+def class_map_fingerprint(class_map: str | Path | ClassMap) -> str:
+    """A short hash of what decides a build's clips and splits: the class map and the builder's rule versions."""
+    cmap = class_map if isinstance(class_map, ClassMap) else load_class_map(class_map)
+    payload = [PROCESS_VERSION, SPLIT_VERSION, dict(cmap.raw)]
+    return sha1_hex(json.dumps(payload, sort_keys=True, default=str).encode())[:16]
 
 
 def _fingerprint(job: Job, cfg: ProcessConfig) -> str:
@@ -229,7 +252,7 @@ def build_dataset(
 
     duplicates = _drop_duplicates(out, made, cfg.sample_rate)
     made = [(j, r) for j, r in made if r.audio not in {d["dropped"] for d in duplicates}]
-    records, dropped = _split(cmap, made)
+    records, dropped, cross_sources = _split(cmap, made)
 
     _remove_stale_clips(out, {r.audio for r in records})
     _write_outputs(out, cmap, records)
@@ -242,6 +265,7 @@ def build_dataset(
         missing_packages=missing,
         reused=reused,
         seconds=round(time.perf_counter() - start, 2),
+        cross_sources=cross_sources,
     )
     atomic_write_json(out / SUMMARY_NAME, _summary(cmap, result))
     return result
@@ -326,33 +350,47 @@ def _drop_duplicates(out: Path, made: list[tuple[Job, ClipRecord]], rate: int) -
     return found
 
 
-def _split(cmap: ClassMap, made: list[tuple[Job, ClipRecord]]) -> tuple[list[ClipRecord], list[dict[str, str]]]:
+def _split(
+    cmap: ClassMap, made: list[tuple[Job, ClipRecord]]
+) -> tuple[list[ClipRecord], list[dict[str, str]], dict[str, dict[str, str | None]]]:
+    """Each class's train/test/cross splits (``assign_source_splits``); the records, dropped classes and held-out
+    package per class."""
     by_class: dict[str, list[tuple[Job, ClipRecord]]] = defaultdict(list)
     for job, rec in made:
         by_class[rec.cls].append((job, rec))
     records: list[ClipRecord] = []
     dropped: list[dict[str, str]] = []
-    for name in cmap.classes:
+    cross: dict[str, dict[str, str | None]] = {}
+    for name, spec in cmap.classes.items():
         items = by_class.get(name, [])
         if len(items) < cmap.min_clips:
             dropped.append({"class": name, "reason": f"{len(items)} clips, fewer than min_clips={cmap.min_clips}"})
             continue
         fixed = {job.group: job.source.split for job, _ in items if job.source.split}
         try:
-            splits = assign_splits([r.group for _, r in items], cmap.test_fraction, salt=name, fixed=fixed)
+            splits, package, reason = assign_source_splits(
+                [r.source_package for _, r in items],
+                [r.group for _, r in items],
+                cmap.test_fraction,
+                salt=name,
+                min_clips=cmap.min_clips,
+                fixed=fixed,
+                hold_out=spec.cross_source,
+            )
         except ValueError as err:
             dropped.append({"class": name, "reason": str(err)})
             continue
+        cross[name] = {"package": package, "reason": reason}
         for _, rec in items:
             rec.split = splits[rec.group]
             records.append(rec)
-    return records, dropped
+    return records, dropped, cross
 
 
 def _write_outputs(out: Path, cmap: ClassMap, records: list[ClipRecord]) -> None:
     lines = {r.audio: json.dumps(r.to_json(), ensure_ascii=False) for r in records}
     atomic_write_text(out / METADATA_NAME, "".join(f"{line}\n" for line in lines.values()))
-    for split in ("train", "test"):
+    for split in SPLITS:
         chosen = "".join(f"{lines[r.audio]}\n" for r in records if r.split == split)
         atomic_write_text(out / f"{split}.jsonl", chosen)
     buf = io.StringIO()
@@ -372,12 +410,20 @@ def _summary(cmap: ClassMap, result: BuildResult) -> dict[str, Any]:
     for name, spec in cmap.classes.items():
         if name in counts:
             packages = sorted({r.source_package for r in result.records if r.cls == name})
-            classes[name] = {"label": spec.label, "kind": spec.kind, **counts[name], "packages": packages}
+            held_out = result.cross_sources.get(name, {"package": None, "reason": ""})
+            classes[name] = {
+                "label": spec.label,
+                "kind": spec.kind,
+                **counts[name],
+                "packages": packages,
+                "cross_source_package": held_out["package"],
+                "cross_source_reason": held_out["reason"],
+            }
     return {
         "name": cmap.name,
         "clips": len(result.records),
-        "train": sum(c["train"] for c in counts.values()),
-        "test": sum(c["test"] for c in counts.values()),
+        **{split: sum(c[split] for c in counts.values()) for split in SPLITS},
+        "cross_source_classes": sum(1 for c in classes.values() if c["cross_source_package"]),
         "classes": classes,
         "kinds": {k: sum(1 for c in classes.values() if c["kind"] == k) for k in ("event", "instrument", "speech")},
         "hours": round(sum(r.duration for r in result.records) / 3600, 3),
@@ -396,22 +442,25 @@ def _summary(cmap: ClassMap, result: BuildResult) -> dict[str, Any]:
 
 
 def format_summary(result: BuildResult) -> str:
-    """A plain-text table: one row per class with its train/test clip counts, then totals and problems."""
+    """A plain-text table: one row per class with its train/test/cross clip counts and held-out package, then
+    totals and problems."""
     counts = result.counts()
     kinds = {r.cls: r.kind for r in result.records}
     width = max([len(c) for c in counts] + [5])
-    lines = [f"{'class':{width}s}  {'kind':10s} {'train':>5s} {'test':>5s} {'total':>5s}"]
+    lines = [f"{'class':{width}s}  {'kind':10s} " + " ".join(f"{s:>5s}" for s in (*SPLITS, "total")) + "  held out"]
     for name, c in counts.items():
-        lines.append(f"{name:{width}s}  {kinds[name]:10s} {c['train']:5d} {c['test']:5d} {c['train'] + c['test']:5d}")
-    n_train = sum(c["train"] for c in counts.values())
-    n_test = sum(c["test"] for c in counts.values())
+        held_out = result.cross_sources.get(name, {}).get("package") or "-"
+        cells = " ".join(f"{n:5d}" for n in (*c.values(), sum(c.values())))
+        lines.append(f"{name:{width}s}  {kinds[name]:10s} {cells}  {held_out}")
+    totals = [sum(c[split] for c in counts.values()) for split in SPLITS]
     by_kind = defaultdict(int)
     for name in counts:
         by_kind[kinds[name]] += 1
-    lines.append(f"{'total':{width}s}  {'':10s} {n_train:5d} {n_test:5d} {n_train + n_test:5d}")
+    lines.append(f"{'total':{width}s}  {'':10s} " + " ".join(f"{n:5d}" for n in (*totals, sum(totals))))
+    n_cross = sum(1 for c in result.cross_sources.values() if c["package"])
     lines.append(
-        f"{len(counts)} classes ({', '.join(f'{n} {k}' for k, n in sorted(by_kind.items()))}); "
-        f"{result.reused} clips reused; {result.seconds:.1f} s"
+        f"{len(counts)} classes ({', '.join(f'{n} {k}' for k, n in sorted(by_kind.items()))}), "
+        f"{n_cross} with a held-out package (cross split); {result.reused} clips reused; {result.seconds:.1f} s"
     )
     if result.missing_packages:
         lines.append(f"missing packages: {', '.join(result.missing_packages)}")

@@ -7,7 +7,8 @@ A class map is a JSON file (see ``resources/debian_sounds.json``)::
      "packages": {name: {"root": dir, "short": tag, "license": fallback, "copyright": DEP-5 file,
                          "dep5_map": [[installed prefix, upstream prefix]], "soundfont": file}},
      "classes": {name: {"label": text, "kind": "event" | "instrument" | "speech", "captions": [...],
-                        "note": review note, "sources": [source, ...], "excluded": [exclusion, ...]}},
+                        "note": review note, "sources": [source, ...], "excluded": [exclusion, ...],
+                        "cross_source_package": package | false}},
      "rejected": [{"class": ..., "reason": ...}]}
 
 A source takes files from one package: ``{"package", "files": [glob, ...]}`` (paths under the
@@ -17,6 +18,10 @@ share a group share a split), ``split`` (fixed ``"train"`` / ``"test"``), ``max_
 or renders notes: ``{"package", "render": {"program", "keys", "velocities", "drums", ...}}``.
 An exclusion ``{"package", ["rcc"], "file", "reason"}`` removes a file from the class's globs and
 records why it was left out.
+
+``cross_source_package`` decides which package of a class with clips from several packages is held out as
+the cross-source split (see ``curation.assign_source_splits``): left out, the builder chooses one; a package
+name pins that one; ``false`` (or ``null``) holds out none.
 """
 
 from __future__ import annotations
@@ -108,6 +113,9 @@ class ClassSpec:
     sources: tuple[SourceSpec, ...]
     note: str = ""
     excluded: tuple[Exclusion, ...] = ()
+    #: Which package is held out as the cross-source split: True = chosen by the builder, a name = that one,
+    #: False = none.
+    cross_source: str | bool = True
 
 
 @dataclass(frozen=True)
@@ -223,7 +231,7 @@ def _source(raw: Mapping[str, Any], where: str, packages: Mapping[str, PackageSp
 
 def _class(name: str, raw: Mapping[str, Any], packages: Mapping[str, PackageSpec]) -> ClassSpec:
     where = f"classes.{name}"
-    _check_keys(raw, {"label", "kind", "captions", "sources", "note", "excluded"}, where)
+    _check_keys(raw, {"label", "kind", "captions", "sources", "note", "excluded", "cross_source_package"}, where)
     kind = raw.get("kind", "event")
     if kind not in KINDS:
         raise ValueError(f"{where}: kind {kind!r} must be one of {KINDS}")
@@ -239,15 +247,40 @@ def _class(name: str, raw: Mapping[str, Any], packages: Mapping[str, PackageSpec
     captions = _strings(_need(raw, "captions", where, list), f"{where}.captions")
     if not captions:
         raise ValueError(f"{where}.captions: give at least one caption phrasing")
+    specs = tuple(_source(s, f"{where}.sources[{i}]", packages) for i, s in enumerate(sources))
     return ClassSpec(
         name=name,
         label=_need(raw, "label", where, str),
         kind=kind,
         captions=captions,
-        sources=tuple(_source(s, f"{where}.sources[{i}]", packages) for i, s in enumerate(sources)),
+        sources=specs,
         note=raw.get("note", ""),
         excluded=tuple(excluded),
+        cross_source=_cross_source(raw, where, specs),
     )
+
+
+def _cross_source(raw: Mapping[str, Any], where: str, sources: tuple[SourceSpec, ...]) -> str | bool:
+    """The class's ``cross_source_package``: absent → True (automatic), false / null → False, or a package of its
+    sources."""
+    if "cross_source_package" not in raw:
+        return True
+    value = raw["cross_source_package"]
+    if value is None or value is False:
+        return False
+    names = sorted({s.package for s in sources})
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: cross_source_package must be a package name or false, got {value!r}")
+    if value not in names:
+        raise ValueError(
+            f"{where}: cross_source_package {value!r} is not a package of the class's sources; its packages: {names}"
+        )
+    if len(names) < 2:
+        raise ValueError(
+            f"{where}: cross_source_package {value!r} names the class's only package; a cross-source split "
+            "needs clips from another package to train and test on (remove the key)"
+        )
+    return value
 
 
 def load_class_map(source: str | Path | Mapping[str, Any]) -> ClassMap:

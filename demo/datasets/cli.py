@@ -24,7 +24,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(json.dumps({"out": str(result.out_dir), "counts": result.counts(), "seconds": result.seconds}))
     else:
         print(format_summary(result))
-        print(f"wrote {len(result.records)} clips to {result.out_dir} (metadata.jsonl, train/test.jsonl, summary.json)")
+        listings = "metadata.jsonl, train/test/cross.jsonl, summary.json"
+        print(f"wrote {len(result.records)} clips to {result.out_dir} ({listings})")
     return 0
 
 
@@ -44,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         "build",
         help="build a dataset folder of clips + metadata",
         description="Collect, trim, loudness-normalise and split the clips of a dataset into DIR: "
-        "clips/<class>/*.flac, metadata.jsonl with train.jsonl / test.jsonl (inputs for `clapkit shards write "
-        "--from`), index.csv and summary.json. A rerun reuses unchanged clips and removes clips no longer made.",
+        "clips/<class>/*.flac, metadata.jsonl with train.jsonl / test.jsonl / cross.jsonl (inputs for `clapkit "
+        "shards write --from`), index.csv and summary.json. A rerun reuses unchanged clips and removes clips no "
+        "longer made.",
         epilog=f"Datasets: {', '.join(DATASETS.names())}. debian-sounds reads the Debian packages "
         f"{' '.join(APT_PACKAGES)} (installed by `make venv`). See docs/data.md.",
     )

@@ -19,6 +19,7 @@ import torchaudio.functional as AF
 
 __all__ = [
     "ProcessConfig",
+    "assign_source_splits",
     "assign_splits",
     "find_duplicates",
     "normalize_loudness",
@@ -272,3 +273,85 @@ def assign_splits(
         side = "train" if "train" not in out.values() else "test"
         raise ValueError(f"{salt}: the fixed splits leave no {side} group")
     return out
+
+
+def assign_source_splits(
+    packages: Sequence[str],
+    groups: Sequence[str],
+    test_fraction: float,
+    *,
+    salt: str,
+    min_clips: int,
+    fixed: Mapping[str, str] | None = None,
+    hold_out: str | bool = True,
+) -> tuple[dict[str, str], str | None, str]:
+    """Train/test/cross assignment of one class whose clips may come from several packages.
+
+    One package is held out entirely as ``"cross"`` (every clip of the class from it), so that the class's
+    cross-source clips come from a package the class never trains on; the other packages' groups are split
+    train/test by :func:`assign_splits`. A package may be held out only if the clips of the others number at
+    least ``min_clips``, in at least two recording groups, and their train/test split is possible. Among those,
+    the package first in the order of a hash of ``salt`` (the class name) and the package name is chosen.
+    Packages holding a group with a fixed split are not chosen automatically; a pinned package is held out
+    whatever its fixed splits say. With one package, ``hold_out=False`` or no eligible package, the clips are
+    split train/test as :func:`assign_splits` alone would.
+
+    Args:
+        packages: The source package of every clip of the class.
+        groups: The recording group of every clip (parallel to ``packages``); a group lies in one package.
+        test_fraction: Share of the remaining groups held out as the in-source test.
+        salt: Makes the orders class-specific.
+        min_clips: The fewest clips the remaining packages may keep.
+        fixed: Groups with a split chosen in the class map (``"train"`` / ``"test"``).
+        hold_out: ``True`` to choose the package, a package name to hold out that one, ``False`` for none.
+
+    Returns:
+        ``(group → "train" | "test" | "cross", held-out package or None, reason)``; the reason says why
+        this package (``"chosen by hash among [eligible packages]"`` / ``"pinned in the class map"``) or why
+        none was held out.
+
+    Raises:
+        ValueError: mismatched lists, a group in two packages, or no train/test split of the class at all.
+    """
+    if len(packages) != len(groups):
+        raise ValueError(f"{salt}: {len(packages)} packages for {len(groups)} groups; give one of each per clip")
+    package_of: dict[str, str] = {}
+    for package, group in zip(packages, groups):
+        if package_of.setdefault(group, package) != package:
+            raise ValueError(f"{salt}: recording group {group!r} has clips from {package_of[group]} and {package}")
+    fixed = dict(fixed or {})
+
+    def in_source(excluded: str | None) -> dict[str, str]:
+        kept = [g for p, g in zip(packages, groups) if p != excluded]
+        pins = {g: s for g, s in fixed.items() if package_of.get(g) != excluded}
+        return assign_splits(kept, test_fraction, salt=salt, fixed=pins)
+
+    names = sorted(set(packages))
+    if len(names) < 2:
+        return in_source(None), None, f"one package ({names[0]})" if names else "no clips"
+    if hold_out is False:
+        return in_source(None), None, "opted out in the class map (cross_source_package: false)"
+    if isinstance(hold_out, str):
+        if hold_out not in names:
+            return in_source(None), None, f"pinned package {hold_out} has no clips of this class"
+        candidates, why = [hold_out], "pinned in the class map"
+    else:
+        has_fixed = {package_of[g] for g in fixed if g in package_of}
+        candidates = sorted((p for p in names if p not in has_fixed), key=lambda p: _rank(salt, p))
+        why = ""
+    problems, eligible = [], {}
+    for package in candidates:
+        kept = [g for p, g in zip(packages, groups) if p != package]
+        if len(kept) < min_clips or len(set(kept)) < 2:
+            problems.append(f"holding out {package} leaves {len(kept)} clips in {len(set(kept))} recording groups")
+            continue
+        try:
+            eligible[package] = in_source(package)
+        except ValueError as err:
+            problems.append(f"holding out {package}: {err}")
+    if eligible:
+        package, splits = next(iter(eligible.items()))
+        splits.update({g: "cross" for g, p in package_of.items() if p == package})
+        return splits, package, why or f"chosen by hash among {sorted(eligible)}"
+    reason = "; ".join(problems) or "every package holds a fixed split"
+    return in_source(None), None, f"none held out: {reason} (the rest must keep {min_clips}+ clips in 2+ groups)"

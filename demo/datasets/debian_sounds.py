@@ -14,11 +14,11 @@ from pathlib import Path
 
 from demo.datasets.builder import BuildResult, build_dataset
 from demo.datasets.classmap import ClassMap
-from demo.datasets.registry import DATASETS
+from demo.datasets.registry import CLASS_MAPS, DATASETS
 
 __all__ = ["APT_PACKAGES", "DEFAULT_CLASS_MAP", "build"]
 
-DEFAULT_CLASS_MAP = Path(__file__).with_name("resources") / "debian_sounds.json"
+DEFAULT_CLASS_MAP = CLASS_MAPS.register("debian-sounds")(Path(__file__).with_name("resources") / "debian_sounds.json")
 #: The Debian packages the default class map reads.
 APT_PACKAGES = (
     "tuxpaint-stamps-default",

@@ -15,7 +15,9 @@ from clapkit.compose.benchmark import COMPA_COLUMNS, scene_pairs
 from clapkit.config import merge
 from demo.__main__ import main
 from demo.config import load_config
+from demo.data import Workspace, build_dataset
 from demo.pipeline import OUT_MARKER, Demo, fresh_start
+from demo.runner import StepRunner
 from tests.conftest import TINY_OVERRIDES, TINY_RATE, tone
 
 CLASSES = {  # class → (label, how its clips sound)
@@ -26,12 +28,17 @@ CLASSES = {  # class → (label, how its clips sound)
 }
 
 
+#: Cross-source clips: two of low_tone and one of noise, from a package those classes never train on.
+CROSS = {"low_tone": range(4, 6), "noise": range(4, 5)}
+
+
 def _dataset(root: Path) -> Path:
-    """Three training clips and one test clip per class, in the layout of ``python -m demo.datasets build``."""
-    for split, indices in (("train", range(3)), ("test", range(3, 4))):
+    """Three training clips and one test clip per class, and the ``CROSS`` clips, in the layout of
+    ``python -m demo.datasets build``."""
+    for split, indices in (("train", range(3)), ("test", range(3, 4)), ("cross", None)):
         lines = []
         for cls, (label, make) in CLASSES.items():
-            for i in indices:
+            for i in CROSS.get(cls, ()) if indices is None else indices:
                 rel = f"clips/{cls}/{cls}_{i}.flac"
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 sf.write(root / rel, np.asarray(make(i, 0.35), dtype=np.float32), TINY_RATE)
@@ -42,6 +49,7 @@ def _dataset(root: Path) -> Path:
                     "captions": [f"a {label}", label],
                     "duration": 0.35,
                     "split": split,
+                    "source_package": "other-pkg" if split == "cross" else "pkg",
                 }
                 lines.append(json.dumps(record))
         (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
@@ -124,6 +132,20 @@ def test_demo_writes_every_output(demo_run):
     assert (root / "results" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (root / "results" / "table.txt").read_text()
     assert "CompA-order group" in table and "compa_hardneg" in table
+    # The cross-source clips: scored against the same four classes, in the table, per class in a CSV, in the log.
+    assert "zero-shot top-1, cross-source" in table and "zero-shot class-mean, cross-source" in table
+    assert "4 in-source clips / 4 classes + 3 cross-source clips / 2 classes" in table
+    for name, metrics in results.items():
+        cross = metrics["zeroshot_cross_source"]
+        assert cross["num_samples"] == 3 and cross["chance_top1"] == pytest.approx(1 / 4)
+        assert set(cross["per_class"]) == {"low tone", "noise burst"}
+        assert any(line.startswith(f"{name}: zero-shot classes with no cross-source clip right") for line in lines)
+    with open(root / "results" / "cross_source_classes.csv", newline="") as f:
+        rows = {row["class"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"low_tone", "noise"}
+    assert rows["low_tone"]["held_out_package"] == "other-pkg" and rows["low_tone"]["clips"] == "2"
+    for name, metrics in results.items():
+        assert float(rows["noise"][name]) == pytest.approx(metrics["zeroshot_cross_source"]["per_class"]["noise burst"])
     for arm in ("infonce", "compa_hardneg"):
         model = clapkit.load(root / "models" / arm / "model")
         assert model.config.audio_tower.freeze and model.config.text_tower.freeze
@@ -154,6 +176,19 @@ def test_training_data_keeps_held_out_pairs_and_phrasings_out(demo_run):
     assert not {r[0] for r in rows[1:]} & train_captions
     bench = demo.out / "benchmark"
     assert all((bench / r[3]).is_file() and (bench / r[4]).is_file() for r in rows[1:])
+
+
+def test_data_fingerprint_follows_the_splits_of_a_given_folder(tmp_path):
+    config = load_config(_config(tmp_path))
+    work, runner = Workspace(config, progress=False), StepRunner(lambda line: None)
+    build_dataset(work, runner)
+    first = runner.fingerprints["data"]
+    build_dataset(work, runner)
+    assert runner.fingerprints["data"] == first
+    cross = tmp_path / "data" / "cross.jsonl"
+    cross.write_text(cross.read_text().splitlines()[0] + "\n")  # one cross-source clip fewer
+    build_dataset(work, runner)
+    assert runner.fingerprints["data"] != first
 
 
 def test_second_run_reuses_every_step(demo_run, capsys, monkeypatch):

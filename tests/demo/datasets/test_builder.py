@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -18,6 +19,7 @@ import torchaudio.functional as AF
 from clapkit.data.inputs import read_jsonl
 from demo.datasets import build_dataset, check_class_map, format_summary, load_class_map
 from demo.datasets.cli import main
+from tests.demo.datasets.test_cross_source import assert_no_split_leaks
 
 RATE = 16000  # Hz; the test class map writes clips at this rate
 
@@ -236,6 +238,53 @@ def test_rebuild_reuses_clips_removes_stale_ones_and_keeps_splits(tree: Path, tm
 
     forced = build_dataset(out, load_class_map(raw), force=True, progress=False)
     assert forced.reused == 0
+
+
+def test_a_class_from_two_packages_holds_one_out_as_the_cross_split(tree: Path, tmp_path: Path) -> None:
+    raw = _class_map(tree)
+    # "sound": four beeps from files-pkg (beep_copy is dropped as a duplicate) and two hisses from rcc-pkg.
+    raw["classes"]["sound"] = {
+        "label": "a sound",
+        "captions": ["a sound"],
+        "sources": [
+            {"package": "files-pkg", "files": ["sounds/beep_a.wav", "sounds/beep_b.wav", "sounds/beep_c.wav"]},
+            {"package": "files-pkg", "files": ["sounds/beep_bad.wav", "sounds/beep_copy.wav"]},
+            {"package": "rcc-pkg", "rcc": "res.rcc", "files": ["game/noise/hiss_*.wav"]},
+        ],
+    }
+    out = tmp_path / "out"
+    result = build_dataset(out, load_class_map(raw), progress=False)
+    # Holding files-pkg out would leave 2 clips (< min_clips=3): only rcc-pkg can go.
+    assert result.counts()["sound"] == {"train": 3, "test": 1, "cross": 2}
+    assert result.cross_sources["sound"] == {"package": "rcc-pkg", "reason": "chosen by hash among ['rcc-pkg']"}
+    records = list(_records(out).values())
+    assert assert_no_split_leaks(records) == {"sound": "rcc-pkg"}
+    cross = [json.loads(line) for line in (out / "cross.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["audio"]).stem for r in cross) == ["rp-hiss-high", "rp-hiss-low"]
+    assert all(r["split"] == "cross" and r["class"] == "sound" for r in cross)
+    with open(out / "index.csv", newline="") as f:
+        index = {row["path"]: row["split"] for row in csv.DictReader(f)}
+    assert index == {r["audio"]: r["split"] for r in records}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cross"] == 2 and summary["cross_source_classes"] == 1
+    assert summary["classes"]["sound"]["cross_source_package"] == "rcc-pkg"
+    assert summary["classes"]["beep"]["cross_source_reason"] == "one package (files-pkg)"
+    assert summary["classes"]["beep"]["cross_source_package"] is None
+    rows = {line.split()[0]: line.split() for line in format_summary(result).splitlines()}
+    assert rows["class"][2:] == ["train", "test", "cross", "total", "held", "out"]
+    assert rows["sound"][2:] == ["3", "1", "2", "6", "rcc-pkg"] and rows["beep"][-1] == "-"
+    assert "1 with a held-out package" in format_summary(result)
+    # Single-package classes split as before the cross split existed.
+    assert {r["split"] for r in records if r["class"] in ("beep", "hiss")} == {"train", "test"}
+
+    raw["classes"]["sound"]["cross_source_package"] = False
+    opted_out = build_dataset(out, load_class_map(raw), progress=False)
+    assert opted_out.counts()["sound"]["cross"] == 0 and "opted out" in opted_out.cross_sources["sound"]["reason"]
+    assert (out / "cross.jsonl").read_text() == ""
+    raw["classes"]["sound"]["cross_source_package"] = "files-pkg"  # would leave rcc-pkg's 2 clips only
+    pinned = build_dataset(out, load_class_map(raw), progress=False)
+    assert pinned.cross_sources["sound"]["package"] is None
+    assert "holding out files-pkg leaves 2 clips" in pinned.cross_sources["sound"]["reason"]
 
 
 def test_missing_package_raises_with_the_install_command(tree: Path, tmp_path: Path) -> None:

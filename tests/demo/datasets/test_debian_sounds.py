@@ -12,6 +12,7 @@ import soundfile as sf
 from demo.datasets import DATASETS, DEFAULT_CLASS_MAP, build_dataset, check_class_map, load_class_map
 from demo.datasets.debian_sounds import APT_PACKAGES
 from demo.datasets.render import NoteRenderer
+from tests.demo.datasets.test_cross_source import assert_no_split_leaks
 
 RAW = json.loads(DEFAULT_CLASS_MAP.read_text())
 MISSING = [name for name, pkg in RAW["packages"].items() if not Path(pkg["root"]).exists()]
@@ -46,7 +47,16 @@ def test_build_a_slice_of_debian_sounds(tmp_path: Path) -> None:
     raw["classes"]["violin"] = dict(raw["classes"]["violin"], sources=raw["classes"]["violin"]["sources"][:1])
     result = build_dataset(tmp_path, load_class_map(raw), progress=False)
     counts = result.counts()
-    assert counts["dog"] == {"train": 4, "test": 2}
+    # dog: three gcompris clips, one tuxpaint clip, two scorched3d clips; the hash holds scorched3d out.
+    assert counts["dog"] == {"train": 3, "test": 1, "cross": 2}
+    held_out = assert_no_split_leaks(r.to_json() for r in result.records)
+    assert held_out == {"dog": "scorched3d-data", "fire": "wesnoth-1.16-data", "tom_drum": "sonic-pi-samples"}
+    assert counts["tom_drum"]["cross"] == 6  # sonic-pi's three toms, hard and soft
+    # Any of tom_drum's packages leaves enough clips; the hash of class and package picks sonic-pi.
+    eligible = "['fluid-soundfont-gm', 'sonic-pi-samples', 'tuxpaint-stamps-default']"
+    assert result.cross_sources["tom_drum"]["reason"] == f"chosen by hash among {eligible}"
+    assert result.cross_sources["violin"] == {"package": None, "reason": "one package (fluid-soundfont-gm)"}
+    assert counts["fire"]["cross"] == 2 and counts["violin"]["cross"] == 0
     assert sum(counts["violin"].values()) == 10  # 5 keys x 2 velocities
     assert {r.source_package for r in result.records if r.cls == "dog"} == {
         "tuxpaint-stamps-default",
@@ -95,7 +105,8 @@ def test_build_a_slice_of_the_game_packages(tmp_path: Path) -> None:
     assert {r.license for r in loop} == {"CC-BY-SA-3"}  # the Apocalypse mod's paragraph, not the GPL-2+ default
     assert {r.license for r in result.records if r.source_package == "btanks-data"} == {"Battle-Tanks-License"}
     assert {r.license for r in result.records if r.source_package == "heroes-sound-effects"} == {"GPL-2+"}
-    assert {r.split for r in cheer} == {"train", "test"}
+    assert {r.split for r in cheer} == {"train", "test", "cross"}
+    assert_no_split_leaks(r.to_json() for r in result.records)
     # heroes clock01.wav (8-bit, 11 kHz): eight sharp clicks (measured), near-silence between them.
     clock = next(r for r in result.records if r.source.endswith("clock01.wav"))
     wave, rate = sf.read(tmp_path / clock.audio)
