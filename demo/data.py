@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 import clapkit
+from clapkit.augment import AugmentConfig
 from clapkit.cache import FeatureStore
 from clapkit.compose.benchmark import BENCHMARK_KINDS, hold_out_pairs
 from clapkit.compose.scenes import ComposerConfig, EventClip, EventPhrase
@@ -88,6 +89,8 @@ class Workspace:
         for key in ("gap_seconds", "snr_db"):
             if key in raw:
                 raw[key] = tuple(raw[key])
+        if raw.get("augment") is not None:
+            raw["augment"] = AugmentConfig.from_mapping(raw["augment"], "scenes.composer.augment")
         return ComposerConfig(**{**raw, "sample_rate": self.sample_rate})
 
     def held_out_pairs(self) -> list[tuple[str, str]]:

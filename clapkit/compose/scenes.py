@@ -23,6 +23,7 @@ normalised to a target loudness and scaled down if its peak would pass ``peak`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -33,8 +34,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from clapkit import audio as audio_io
+from clapkit.augment import AugmentConfig, Augmenter
 from clapkit.compose import waveform
 from clapkit.compose.captions import fix_articles, paraphrases
 from clapkit.compose.lexicon import Lexicon
@@ -114,6 +117,10 @@ class ComposerConfig:
         slow_speed: Playback-speed factor of "slow" events (< 1).
         num_positives: Paraphrase positives per scene (other templates + one lexicon rewrite).
         fade_seconds: Fade-out applied where an event is cut.
+        augment: Augment each event (``clapkit.augment``) after its excerpt is cut, before its loudness is
+            normalised — so an event's level and the scene's attribute / SNR contrasts stay as composed while its
+            colour, room, band, noise and codec vary. ``None``: off. Scenes keep the same composition, captions
+            and draws either way; the counterfactual hears the same augmented events.
     """
 
     sample_rate: int = 48000
@@ -134,6 +141,8 @@ class ComposerConfig:
     slow_speed: float = 0.67
     num_positives: int = 3
     fade_seconds: float = 0.02
+    # --- augmentation hook (clapkit.augment); keep it last, apart from the shaping knobs above
+    augment: AugmentConfig | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.kinds) - set(KINDS)
@@ -229,6 +238,7 @@ class _Event:
     speed: float = 1.0
     attribute: str | None = None
     adverb: str = ""
+    augment_seed: int = 0  # seeds this event's augmentation (ComposerConfig.augment)
 
 
 _ATTRIBUTES = {  # dimension → ((attribute, adverb), (opposite, adverb))
@@ -291,6 +301,7 @@ class SceneComposer:
         self.kinds = [k for k, w in self.config.kinds.items() if w > 0 and (k != "sequence3" or len(self.labels) > 2)]
         weights = np.array([self.config.kinds[k] for k in self.kinds], dtype=np.float64)
         self._kind_p = weights / weights.sum()
+        self.augmenter = None if self.config.augment is None else Augmenter(self.config.augment)
 
     # ------------------------------------------------------------------ public API
     def compose(self, seed: int | Sequence[int], kind: str | None = None) -> Scene:
@@ -341,8 +352,12 @@ class SceneComposer:
             label = self.labels[int(i)]
             wave, clip = self.clips[label][int(rng.integers(len(self.clips[label])))]
             phrase = clip.phrase or phrase_for(label)
-            events.append(_Event(wave, label, phrase, clip.source))
+            events.append(_Event(wave, label, phrase, clip.source, augment_seed=self._augment_seed(rng)))
         return events
+
+    def _augment_seed(self, rng: np.random.Generator) -> int:
+        """A seed for an event's augmentation, from a child of ``rng``: the scene's own draws stay as they were."""
+        return 0 if self.augmenter is None else int(rng.spawn(1)[0].integers(2**62))
 
     def _shape(self, events: list[_Event], budget: float) -> list[np.ndarray]:
         """Speed, cut to the time budget, normalise loudness, apply gain → waveforms [T] float64."""
@@ -352,6 +367,9 @@ class SceneComposer:
         out = []
         for event in events:
             wave = waveform.cut(waveform.change_speed(event.audio, event.speed), limit, int(cfg.fade_seconds * rate))
+            if self.augmenter is not None:
+                view = self.augmenter(torch.from_numpy(wave.astype(np.float32)), rate, seed=event.augment_seed)
+                wave = view.numpy().astype(np.float64)
             out.append(waveform.normalise(wave, rate, cfg.event_lufs) * 10 ** (event.gain_db / 20))
         return out
 
@@ -553,7 +571,7 @@ class SceneComposer:
             name, adverb = attribute
             gain = cfg.soft_gain_db if name == "soft" else 0.0
             speed = {"fast": cfg.fast_speed, "slow": cfg.slow_speed}.get(name, 1.0)
-            return _Event(event.audio, event.label, event.phrase, event.source, gain, speed, name, adverb)
+            return dataclasses.replace(event, gain_db=gain, speed=speed, attribute=name, adverb=adverb)
 
         actual = [bind(events[0], first), bind(events[1], second)]
         swapped = [bind(events[0], second), bind(events[1], first)]
