@@ -143,18 +143,22 @@ class _ShardWindows:
         self, samples: list[TrainSample], rows: list[int], audio: torch.Tensor, lengths: torch.Tensor
     ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
         """Views 1..N-1 of the training clips in ``rows`` of a batch [B, T], one batch per view."""
-        rate = self.audio_cfg.sample_rate
         for view in range(1, self.views):
             keys = [view_key(samples[i].key, view) for i in rows]
-            waves = torch.stack(
-                [
-                    self.augmenter(audio[i], rate, seed=mix_seed(self.seed, view, samples[i].key), name=samples[i].key)
-                    for i in rows
-                ]
-            )  # [B', T]
+            waves = self._augment([audio[i] for i in rows], [mix_seed(self.seed, view, samples[i].key) for i in rows])
             for i, key in zip(rows, keys):
                 samples[i].views.append(key)
             yield keys, waves, lengths[rows]
+
+    def _augment(self, waves: list[torch.Tensor], seeds: list[int]) -> torch.Tensor:
+        """Each wave [T] augmented with its seed → [B, T], on one thread (the tower keeps its threads)."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the chain's many small ops lose time to thread hand-offs (~6x on 2 busy cores)
+        try:
+            rate = self.audio_cfg.sample_rate
+            return torch.stack([self.augmenter(w, rate, seed=seed) for w, seed in zip(waves, seeds)])
+        finally:
+            torch.set_num_threads(threads)
 
     def counterfactual_files(self) -> dict[str, str]:
         """Point each sample's ``counterfactual`` at a feature key: its partner in the shards, or else a ``cf/``
