@@ -82,6 +82,8 @@ class FeaturesSection:
     batch_size: int = 16  # windows per audio-tower pass
     channels_last: bool = True
     text_batch_size: int = 256
+    clip_views: int = 1  # stored views per training clip: view 0 clean, views 1.. augmented (clapkit.augment)
+    augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig fields of the augmented views
 
 
 @dataclass

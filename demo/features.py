@@ -3,6 +3,11 @@
 **shards** — training scenes (and the training clips) written as WebDataset shards. **features** — the frozen
 towers run once: aisfx frames of every training window (read back from the shards), counterfactual, benchmark and
 held-out clip; MiniLM tokens of every caption. Training and evaluation then run only the heads and projections.
+
+With ``features.clip_views: N > 1`` each training clip (not the scenes, never the held-out clips) is stored N times:
+view 0 clean, views 1..N-1 through ``clapkit.augment`` (``features.augment``), each seeded by (seed, view, key).
+Training then draws one of a clip's views per visit, so the heads see augmented audio without the towers running
+per step.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 import torch
 
+from clapkit.augment import AugmentConfig, Augmenter, mix_seed
 from clapkit.cache import FeatureStore, audio_features, file_windows, text_features
 from clapkit.data.inputs import read_jsonl
 from clapkit.data.reader import ReaderConfig, ShardReader
@@ -25,7 +31,7 @@ from clapkit.io import atomic_write_text
 from demo.data import Workspace
 from demo.runner import StepRunner, fingerprint
 
-__all__ = ["TrainSample", "make_features", "make_shards", "train_samples"]
+__all__ = ["TrainSample", "make_features", "make_shards", "train_samples", "view_key"]
 
 
 @dataclass
@@ -37,12 +43,15 @@ class TrainSample:
         captions: Its captions: the composed caption first, then paraphrases (or a clip's other captions).
         negatives: Hard-negative captions.
         counterfactual: Audio feature key of the counterfactual scene, if any.
+        views: Audio feature keys of the clip's augmented views (``features.clip_views``); training draws among
+            ``key`` and these.
     """
 
     key: str
     captions: list[str]
     negatives: list[str] = field(default_factory=list)
     counterfactual: str | None = None
+    views: list[str] = field(default_factory=list)
 
 
 def train_samples(work: Workspace) -> list[TrainSample]:
@@ -82,11 +91,23 @@ def make_shards(work: Workspace, runner: StepRunner) -> dict[str, Any]:
     return s
 
 
+def view_key(key: str, view: int) -> str:
+    """Feature key of a training clip's augmented view ``view`` (≥ 1; view 0 is ``key`` itself)."""
+    return f"{key}#view{view}"
+
+
 class _ShardWindows:
     """The training windows read back from the shards as the training reader sees them (centre crop / pad),
-    collecting each sample's captions and its scene / counterfactual role on the way."""
+    collecting each sample's captions and its scene / counterfactual role on the way; after each batch, the
+    augmented views of its training clips (``features.clip_views``)."""
 
     def __init__(self, work: Workspace) -> None:
+        cfg = work.config.features
+        if cfg.clip_views < 1:
+            raise ValueError(f"features.clip_views={cfg.clip_views}: expected ≥ 1 (1: the clean clip only)")
+        self.views = cfg.clip_views
+        self.augmenter = Augmenter(AugmentConfig.from_mapping(cfg.augment, "features.augment"))
+        self.seed = work.config.seed
         self.audio_cfg = work.model().config.audio
         self.reader = ShardReader(
             work.out / "shards",
@@ -114,6 +135,30 @@ class _ShardWindows:
             # Zero padding is masked out, repeat padding is content (as ClapModel.embed_audio).
             lengths = batch["lengths"] if self.audio_cfg.pad == "zero" else torch.full_like(batch["lengths"], clip)
             yield keys, batch["audio"], lengths
+            clips = [i for i, extra in enumerate(batch["extra"]) if "scene" not in extra]
+            if clips and self.views > 1:
+                yield from self._views(self.samples[-len(keys) :], clips, batch["audio"], lengths)
+
+    def _views(
+        self, samples: list[TrainSample], rows: list[int], audio: torch.Tensor, lengths: torch.Tensor
+    ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
+        """Views 1..N-1 of the training clips in ``rows`` of a batch [B, T], one batch per view."""
+        for view in range(1, self.views):
+            keys = [view_key(samples[i].key, view) for i in rows]
+            waves = self._augment([audio[i] for i in rows], [mix_seed(self.seed, view, samples[i].key) for i in rows])
+            for i, key in zip(rows, keys):
+                samples[i].views.append(key)
+            yield keys, waves, lengths[rows]
+
+    def _augment(self, waves: list[torch.Tensor], seeds: list[int]) -> torch.Tensor:
+        """Each wave [T] augmented with its seed → [B, T], on one thread (the tower keeps its threads)."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the chain's many small ops lose time to thread hand-offs (~6x on 2 busy cores)
+        try:
+            rate = self.audio_cfg.sample_rate
+            return torch.stack([self.augmenter(w, rate, seed=seed) for w, seed in zip(waves, seeds)])
+        finally:
+            torch.set_num_threads(threads)
 
     def counterfactual_files(self) -> dict[str, str]:
         """Point each sample's ``counterfactual`` at a feature key: its partner in the shards, or else a ``cf/``
@@ -139,7 +184,7 @@ def _store_features(work: Workspace, folder: Path) -> dict[str, Any]:
     audio_cfg = model.config.audio
     options = {"channels_last": cfg.channels_last, "progress": work.progress}
     windows = _ShardWindows(work)
-    total = load_manifest(work.out / "shards").total
+    total = load_manifest(work.out / "shards").total  # clean windows; the bar counts the views on top
     stores: dict[str, FeatureStore] = {"train": audio_features(model, windows, total=total, **options)}
     counterfactuals = windows.counterfactual_files()
     cf_keys = list(counterfactuals)
@@ -165,6 +210,7 @@ def _store_features(work: Workspace, folder: Path) -> dict[str, Any]:
     )
     return {
         "train_windows": len(stores["train"]),
+        "clip_views": sum(len(s.views) for s in samples),
         "counterfactual_windows": len(stores["counterfactual"]),
         "eval_windows": len(stores["eval"]),
         "texts": len(text),
@@ -179,7 +225,8 @@ def make_features(work: Workspace, runner: StepRunner) -> dict[str, Any]:
     )
     s = runner.step("features", fp, folder, lambda: _store_features(work, folder))
     runner.log(
-        f"        audio windows: {s['train_windows']} training, {s['counterfactual_windows']} counterfactual, "
+        f"        audio windows: {s['train_windows']} training ({s.get('clip_views', 0)} augmented clip views), "
+        f"{s['counterfactual_windows']} counterfactual, "
         f"{s['eval_windows']} held-out; {s['texts']} distinct texts"
     )
     return s

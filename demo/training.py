@@ -28,8 +28,8 @@ __all__ = ["StoredFeatureClapModule", "StoredFeatureData", "arm_fingerprint", "f
 
 
 class _Samples(Dataset):
-    """Draws a caption (and a negative subset) per visit; each draw is seeded by (seed, sample, visit), so every
-    arm of one seed sees the same captions in the same order whatever its loss uses."""
+    """Draws a caption (a negative subset, and one of a clip's stored views) per visit; each draw is seeded by
+    (seed, sample, visit), so every arm of one seed sees the same captions in the same order whatever its loss uses."""
 
     def __init__(
         self, samples: list[TrainSample], *, seed: int, caption_source: str, max_negatives: int, positives: bool
@@ -53,8 +53,10 @@ class _Samples(Dataset):
         negatives = list(sample.negatives)
         if len(negatives) > self.max_negatives:
             negatives = rng.sample(negatives, self.max_negatives)
+        # One of the clip's stored views (features.clip_views), drawn last: without views the draws are as before.
+        key = sample.key if not sample.views else [sample.key, *sample.views][rng.randrange(1 + len(sample.views))]
         return {
-            "key": sample.key,
+            "key": key,
             "caption": caption,
             "positives": [c for c in sample.captions if c != caption] if self.positives else [],
             "negatives": negatives,

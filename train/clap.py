@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
+from clapkit.augment import AugmentConfig
 from clapkit.cache import TowerCache, waveform_keys
 from clapkit.checkpoint import load_state
 from clapkit.config import AudioConfig, ModelConfig, merge
@@ -452,6 +453,8 @@ class ClapDataModule(pl.LightningDataModule):
         drop_last: Drop the last, smaller batch (keeps the batch size equal across ranks).
         seed: Seed of shard order, shuffling, crops and caption choice.
         audio: ``AudioConfig`` fields to use instead of the model's (sample_rate, clip_seconds, pad).
+        augment: ``clapkit.augment.AugmentConfig`` fields (``{}``: its defaults): the training clips are augmented
+            after the crop, seeded by (``seed``, epoch, sample key); validation audio never is. ``None``: off.
     """
 
     def __init__(
@@ -472,6 +475,7 @@ class ClapDataModule(pl.LightningDataModule):
         drop_last: bool = True,
         seed: int = 0,
         audio: dict[str, Any] | None = None,
+        augment: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -508,6 +512,7 @@ class ClapDataModule(pl.LightningDataModule):
             counterfactuals=self._counterfactuals(),
             drop_last=h.drop_last if train else False,
             seed=h.seed,
+            augment=AugmentConfig.from_mapping(h.augment, "data.augment") if train and h.augment is not None else None,
         )
 
     def setup(self, stage: str) -> None:

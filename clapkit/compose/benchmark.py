@@ -267,7 +267,12 @@ def write_compositional_benchmark(
     directory = Path(directory)
     by_label = _clips_by_label(clips, pairs, counts)
     # Only the benchmark kinds are composed; other kind weights of the caller's config do not matter here.
-    config = replace(config or ComposerConfig(), kinds={kind: 1.0 for name in counts for kind in BENCHMARK_KINDS[name]})
+    # Held-out audio is never augmented, whatever the caller's config says.
+    config = replace(
+        config or ComposerConfig(),
+        kinds={kind: 1.0 for name in counts for kind in BENCHMARK_KINDS[name]},
+        augment=None,
+    )
     composers: dict[Pair, SceneComposer] = {}
 
     def composer_for(pair: Pair) -> SceneComposer:

@@ -27,6 +27,7 @@ pitch), and both are measured by the tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -35,8 +36,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from clapkit import audio as audio_io
+from clapkit.augment import AugmentConfig, Augmenter
 from clapkit.compose import waveform
 from clapkit.compose.captions import compare_compositions, paraphrases
 from clapkit.compose.lexicon import Lexicon
@@ -78,6 +81,10 @@ class ComposerConfig:
             (> 1; 2 puts fast and slow 4× apart).
         num_positives: Paraphrase positives per scene (other templates + one lexicon rewrite).
         fade_seconds: Fade-out applied where an event is cut.
+        augment: Augment each event (``clapkit.augment``) after its excerpt is cut, before its loudness is
+            normalised — so an event's level and the scene's attribute / SNR contrasts stay as composed while its
+            colour, room, band, noise and codec vary. ``None``: off. Scenes keep the same composition, captions
+            and draws either way; the counterfactual hears the same augmented events.
     """
 
     sample_rate: int = 48000
@@ -99,6 +106,8 @@ class ComposerConfig:
     rate_factor: float = 2.0
     num_positives: int = 3
     fade_seconds: float = 0.02
+    # --- augmentation hook (clapkit.augment); keep it last, apart from the shaping knobs above
+    augment: AugmentConfig | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.kinds) - set(KINDS)
@@ -218,6 +227,7 @@ class _Event:
     period: float | None = None  # s between repetitions of the unit (rate scenes), None: played once
     attribute: str | None = None
     adverb: str = ""
+    augment_seed: int = 0  # seeds this event's augmentation (ComposerConfig.augment)
 
 
 # ---------------------------------------------------------------------------------------------- the composer
@@ -274,6 +284,7 @@ class SceneComposer:
         self.kinds = [k for k, w in self.config.kinds.items() if w > 0 and (k != "sequence3" or len(self.labels) > 2)]
         weights = np.array([self.config.kinds[k] for k in self.kinds], dtype=np.float64)
         self._kind_p = weights / weights.sum()
+        self.augmenter = None if self.config.augment is None else Augmenter(self.config.augment)
 
     # ------------------------------------------------------------------ public API
     def compose(self, seed: int | Sequence[int], kind: str | None = None) -> Scene:
@@ -325,8 +336,12 @@ class SceneComposer:
             label = self.labels[int(i)]
             wave, clip = self.clips[label][int(rng.integers(len(self.clips[label])))]
             phrase = clip.phrase or phrase_for(label)
-            events.append(_Event(wave, label, phrase, clip.source))
+            events.append(_Event(wave, label, phrase, clip.source, augment_seed=self._augment_seed(rng)))
         return events
+
+    def _augment_seed(self, rng: np.random.Generator) -> int:
+        """A seed for an event's augmentation, from a child of ``rng``: the scene's own draws stay as they were."""
+        return 0 if self.augmenter is None else int(rng.spawn(1)[0].integers(2**62))
 
     def _shape(self, events: list[_Event], budget: float) -> list[np.ndarray]:
         """Excerpt each event, normalise it to ``event_lufs`` + its gain, repeat it if it has a period → [T] float64.
@@ -345,6 +360,9 @@ class SceneComposer:
                 wave = waveform.cut(event.audio, limit, fade)
             else:
                 wave = waveform.fade(waveform.loudest_window(event.audio, int(cfg.repeat_unit_seconds * rate)), fade)
+            if self.augmenter is not None:  # after the excerpt, before the level: attribute contrasts stay exact
+                view = self.augmenter(torch.from_numpy(wave.astype(np.float32)), rate, seed=event.augment_seed)
+                wave = view.numpy().astype(np.float64)
             wave = waveform.normalise(wave, rate, cfg.event_lufs + event.gain_db)
             if event.period is not None:
                 wave = waveform.repeat(wave, round(event.period * rate), limit)  # the same span at any rate
@@ -538,7 +556,7 @@ class SceneComposer:
         name, adverb = attribute
         gain = {"loud": cfg.attribute_db / 2, "soft": -cfg.attribute_db / 2}.get(name, 0.0)
         period = dict(zip(("fast", "slow"), cfg.rate_periods)).get(name)
-        return _Event(event.audio, event.label, event.phrase, event.source, gain, period, name, adverb)
+        return dataclasses.replace(event, gain_db=gain, period=period, attribute=name, adverb=adverb)
 
     def _bound(self, rng: np.random.Generator, kind: str) -> Scene:
         """A then B with the opposite attributes of ``kind`` (``ATTRIBUTES``); the counterfactual swaps them."""

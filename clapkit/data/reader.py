@@ -10,7 +10,8 @@ Stages (webdataset's unless marked)::
     shuffle      a buffer of still-encoded samples (training)
     batch        (clapkit) per sample: metadata → pick a caption → positives / negatives; the audio decoded
                  (only the clip's window of longer audio) → resampled → cropped / padded straight into its row
-                 of the batch tensor, and the same for the counterfactual audio when asked for
+                 of the batch tensor (→ augmented, training only, with ``augment``), and the same for the
+                 counterfactual audio when asked for
                  → :func:`clapkit.data.batch.collate`
 
 Corrupt samples and shards never stop a run: they are skipped and counted in :class:`ReaderStats`,
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
 from clapkit.audio import PadMode
+from clapkit.augment import AugmentConfig, Augmenter, mix_seed
 from clapkit.data.batch import batch_tensor, collate
 from clapkit.data.decode import read_clip
 from clapkit.data.files import AUDIO_EXTENSIONS
@@ -89,6 +91,11 @@ class ReaderConfig:
         require_captions: Skip (and count) samples without a caption.
         drop_last: Drop the last, smaller batch of each worker.
         seed: Base seed of shard order, shuffling, crops and caption choice (mixed with epoch, rank, worker).
+        augment: Augment each training clip after its crop / pad (:mod:`clapkit.augment`), seeded by
+            (``seed``, epoch, sample key): the same sample gets the same view in the same epoch whatever the rank,
+            worker or shuffle, and another view the next epoch. Its counterfactual audio gets the same draws, so
+            the two still differ only in their composition. Ignored when ``train`` is off: evaluation audio is
+            never augmented. ``None``: off.
     """
 
     sample_rate: int = 48_000
@@ -107,6 +114,7 @@ class ReaderConfig:
     require_captions: bool = True
     drop_last: bool = False
     seed: int = 0
+    augment: AugmentConfig | None = None
 
     def __post_init__(self) -> None:
         if self.pad not in ("repeatpad", "zero"):
@@ -222,6 +230,8 @@ class ShardReader(IterableDataset):
         self.epoch = 0
         self._resume = 0
         self._warned: dict[str, int] = {}
+        augment = self.config.augment if self.config.train else None
+        self.augmenter = None if augment is None else Augmenter(augment)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Seed the next pass with ``epoch`` (shard order, shuffle, crops); :meth:`loader` calls this.
@@ -304,7 +314,7 @@ class ShardReader(IterableDataset):
         if done and not cfg.resampled:
             stages.append(wds.slice(done * cfg.batch_size, None))  # still encoded: only the tar bytes are read
         rng, gen = random.Random(own_seed + 1), torch.Generator().manual_seed(own_seed)
-        stages.append(partial(self.batches, rng=rng, generator=gen))
+        stages.append(partial(self.batches, rng=rng, generator=gen, epoch=epoch))
         if cfg.resampled and cfg.epoch_samples is not None:
             per_worker = math.ceil(cfg.epoch_samples / (world * max(1, workers) * cfg.batch_size))
             stages.append(wds.slice(max(0, per_worker - done)))
@@ -361,7 +371,7 @@ class ShardReader(IterableDataset):
             yield {}  # group_by_keys: never join samples across shards
 
     def batches(
-        self, samples: Iterable[dict[str, Any]], *, rng: random.Random, generator: torch.Generator
+        self, samples: Iterable[dict[str, Any]], *, rng: random.Random, generator: torch.Generator, epoch: int = 0
     ) -> Iterator[dict[str, Any]]:
         """Grouped tar samples → collated batches of ``batch_size`` usable samples (the last one may be short).
 
@@ -379,7 +389,9 @@ class ShardReader(IterableDataset):
                 counterfactual = batch_tensor(size, clip) if cfg.counterfactuals else None  # [B, T]
             row = len(items)
             cf_row = None if counterfactual is None else counterfactual[row]
-            item = self.decode(sample, rng=rng, generator=generator, out=audio[row], counterfactual_out=cf_row)
+            item = self.decode(
+                sample, rng=rng, generator=generator, out=audio[row], counterfactual_out=cf_row, epoch=epoch
+            )
             if item is None:
                 continue
             items.append(item)
@@ -398,6 +410,7 @@ class ShardReader(IterableDataset):
         generator: torch.Generator,
         out: torch.Tensor | None = None,
         counterfactual_out: torch.Tensor | None = None,
+        epoch: int = 0,
     ) -> dict | None:
         """One grouped tar sample → a training sample, or ``None`` (counted) when it cannot be used.
 
@@ -407,6 +420,7 @@ class ShardReader(IterableDataset):
             generator: Crop offsets.
             out: Where the clip goes [T = clip_samples]; ``None`` puts a new tensor in the result's ``audio``.
             counterfactual_out: The same for the counterfactual audio, with ``counterfactuals`` on.
+            epoch: Seeds the augmentation (with ``augment``), with the reader's seed and the sample key.
 
         Returns:
             ``caption``, ``positives``, ``negatives``, ``labels``, ``key``, ``extra``, ``length`` (real samples of
@@ -431,8 +445,9 @@ class ShardReader(IterableDataset):
         result: dict[str, Any] = {}
         if out is None:
             out = result["audio"] = torch.empty(cfg.clip_samples)
+        augment_seed = mix_seed(cfg.seed, epoch, sample["__key__"])
         try:
-            length = self._read_clip(sample[audio_key], f"{name}.{audio_key}", out, generator)
+            length = self._read_clip(sample[audio_key], f"{name}.{audio_key}", out, generator, augment_seed)
             if cfg.counterfactuals:
                 if counterfactual_out is None:
                     counterfactual_out = result["counterfactual"] = torch.empty(cfg.clip_samples)
@@ -442,7 +457,7 @@ class ShardReader(IterableDataset):
                     result["counterfactual_length"] = 0
                 else:
                     data = sample[cf_key]
-                    cf_length = self._read_clip(data, f"{name}.{cf_key}", counterfactual_out, generator)
+                    cf_length = self._read_clip(data, f"{name}.{cf_key}", counterfactual_out, generator, augment_seed)
                     result["counterfactual_length"] = cf_length
         except ValueError as err:
             self._skip("skipped_audio", str(err))
@@ -454,12 +469,18 @@ class ShardReader(IterableDataset):
             self.stats.add("counterfactuals")
         return result
 
-    def _read_clip(self, data: bytes, name: str, out: torch.Tensor, generator: torch.Generator) -> int:
-        """:func:`~clapkit.data.decode.read_clip` at this reader's rate and padding; random crops when training."""
+    def _read_clip(
+        self, data: bytes, name: str, out: torch.Tensor, generator: torch.Generator, augment_seed: int
+    ) -> int:
+        """:func:`~clapkit.data.decode.read_clip` at this reader's rate and padding; random crops when training;
+        then the augmentation of ``augment_seed`` over the whole window (padding included: what the model hears)."""
         cfg = self.config
-        return read_clip(
+        length = read_clip(
             data, name, out, sample_rate=cfg.sample_rate, pad=cfg.pad, random_crop=cfg.train, generator=generator
         )
+        if self.augmenter is not None:
+            out.copy_(self.augmenter(out, cfg.sample_rate, seed=augment_seed, name=name))
+        return length
 
     def _texts(self, meta: SampleMeta, rng: random.Random) -> dict[str, Any]:
         cfg = self.config

@@ -46,6 +46,10 @@ def test_fast_dev_run_every_config(config, tiny_data, tmp_path, tiny_model_dir, 
     # Losses that take audio negatives get the shards' counterfactual audio; the others leave it unread.
     read = cli.datamodule.train_reader.stats.as_dict()["counterfactuals"]
     assert (read > 0) == ("audio_negatives" in cli.model.loss_fn.inputs)
+    # data.augment (compa.yaml) reaches the training reader, and only it.
+    augment = yaml.safe_load(config.read_text())["data"].get("augment")
+    assert (cli.datamodule.train_reader.augmenter is not None) == (augment is not None)
+    assert cli.datamodule.val_reader.augmenter is None
     assert not (tmp_path / "model").exists()  # a dry run exports nothing
 
 
