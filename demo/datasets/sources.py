@@ -24,7 +24,7 @@ from demo.datasets.curation import plan_segments
 from demo.datasets.licenses import Dep5, parse_dep5
 from demo.datasets.rcc import RccArchive
 from demo.datasets.render import NoteRenderer, note_name, register
-from demo.datasets.tts import Synthesizer, plan_utterances, speed_word
+from demo.datasets.tts import Synthesizer, Utterance, plan_utterances, speed_word
 
 __all__ = ["Job", "Sources", "collect_jobs", "sha1_hex"]
 
@@ -255,14 +255,14 @@ def _tts_jobs(cmap: ClassMap, cls: ClassSpec, src: SourceSpec, pkg: PackageSpec,
     synth = opened.synthesizer(pkg.synthesizer)
     pitches = spec.pitches or (None,)
     utterances = plan_utterances(spec.text, spec.voices, spec.rates, pitches, spec.max_renders)
-    rate = (cls.process or cmap.process).sample_rate
+    rate = cmap.process.sample_rate  # a class cannot override the rate
     templates = cmap.render_captions.get("speech", ())
     for utt in utterances:
         attributes = {"text": utt.text, "synthesizer": pkg.synthesizer, "voice": utt.voice, "rate": utt.rate}
         attributes |= {"pitch": utt.pitch, "speed": speed_word(utt.rate)}
         origin = f"{pkg.name}:{utt.voice}#text={utt.text!r},rate={utt.rate},pitch={utt.pitch}"
 
-        def read(utt: Any = utt) -> torch.Tensor:
+        def read(utt: Utterance = utt) -> torch.Tensor:
             return synth.render(utt, rate)
 
         yield Job(
