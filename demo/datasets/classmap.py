@@ -228,6 +228,13 @@ def _render(raw: Mapping[str, Any], where: str) -> RenderSpec:
     )
 
 
+def _numbers(raw: Mapping[str, Any], key: str, where: str, default: list[float]) -> tuple[float, ...]:
+    values = raw.get(key, default)
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{where}.{key}: must be a list of numbers, got {values!r}")
+    return tuple(values)
+
+
 def _tts(raw: Mapping[str, Any], where: str, synthesizer: str) -> TtsSpec:
     _check_keys(raw, {"text", "voices", "rates", "pitches", "max_renders"}, where)
     text = _need(raw, "text", where, str).strip()
@@ -236,10 +243,10 @@ def _tts(raw: Mapping[str, Any], where: str, synthesizer: str) -> TtsSpec:
     voices = _strings(_need(raw, "voices", where, list), f"{where}.voices")
     if not voices or len(set(voices)) != len(voices):
         raise ValueError(f"{where}.voices: give at least one voice, each once")
-    rates = tuple(float(r) for r in raw.get("rates", [1.0]))
+    rates = tuple(float(r) for r in _numbers(raw, "rates", where, [1.0]))
     if not rates or not all(0.25 <= r <= 4.0 for r in rates):
         raise ValueError(f"{where}.rates: {list(rates)} must be speed factors in 0.25-4.0")
-    pitches = tuple(int(p) for p in raw.get("pitches", []))
+    pitches = tuple(int(p) for p in _numbers(raw, "pitches", where, []))
     low, high = PITCH_RANGES[synthesizer]
     if not all(low <= p <= high for p in pitches):
         raise ValueError(f"{where}.pitches: {list(pitches)} outside {synthesizer}'s range {low}-{high}")

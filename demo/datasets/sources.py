@@ -258,8 +258,8 @@ def _tts_jobs(cmap: ClassMap, cls: ClassSpec, src: SourceSpec, pkg: PackageSpec,
     rate = cmap.process.sample_rate  # a class cannot override the rate
     templates = cmap.render_captions.get("speech", ())
     for utt in utterances:
-        attributes = {"text": utt.text, "synthesizer": pkg.synthesizer, "voice": utt.voice, "rate": utt.rate}
-        attributes |= {"pitch": utt.pitch, "speed": speed_word(utt.rate)}
+        attributes = {"text": utt.text, "synthesizer": pkg.synthesizer, "voice": utt.voice}
+        attributes |= {"speech_rate": utt.rate, "voice_pitch": utt.pitch, "speed": speed_word(utt.rate)}
         origin = f"{pkg.name}:{utt.voice}#text={utt.text!r},rate={utt.rate},pitch={utt.pitch}"
 
         def read(utt: Utterance = utt) -> torch.Tensor:

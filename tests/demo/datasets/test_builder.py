@@ -334,7 +334,7 @@ def test_tts_sources_build_one_group_per_voice(tree: Path, tmp_path: Path, monke
     assert {r.group for r in result.records} == {f"tts-pkg:{v}:seven" for v in ("v1", "v2", "v3")}
     assert {r.split for r in result.records} == {"train", "test"}
     for rec in result.records:
-        assert rec.attributes["text"] == "seven" and rec.attributes["pitch"] == 40 and rec.license == "GPL-3+"
+        assert rec.attributes["text"] == "seven" and rec.attributes["voice_pitch"] == 40 and rec.license == "GPL-3+"
         assert f'"seven" spoken {rec.attributes["speed"]}' in rec.captions and "a voice saying seven" in rec.captions
         assert rec.source_file == str(bin_dir / "espeak-ng")
     assert build_dataset(tmp_path / "out", load_class_map(raw), progress=False).reused == 7

@@ -102,7 +102,7 @@ def test_build_speech_and_two_soundfont_classes(tmp_path: Path) -> None:
     assert len({r.attributes["voice"] for r in espeak}) == 5  # the plan takes turns between the voices
     assert all(r.group == f"espeak-ng:{r.attributes['voice']}:seven" for r in espeak)
     assert all(r.label == 'a voice saying "seven"' and r.kind == "speech" for r in seven)
-    slow = next(r for r in espeak if r.attributes["rate"] < 0.6)
+    slow = next(r for r in espeak if r.attributes["speech_rate"] < 0.6)
     assert '"seven" spoken slowly' in slow.captions and 'a voice saying "seven"' in slow.captions
     assert all(0.4 <= r.duration < 2.0 for r in seven)  # one word; the class keeps clips from 0.4 s
     assert len({r.group for r in seven if r.split == "test"}) >= 1 and {r.split for r in seven} == {"train", "test"}

@@ -133,6 +133,12 @@ def test_tts_source_and_class_process_are_parsed(tmp_path) -> None:
         ({"text": "seven"}, "espeak-ng", {}, "missing 'voices'"),
         ({"text": "seven", "voices": ["en", "en"]}, "espeak-ng", {}, "each once"),
         ({"text": "seven", "voices": ["en"], "rates": [0]}, "espeak-ng", {}, "speed factors"),
+        (
+            {"text": "seven", "voices": ["en"], "rates": ["fast"]},
+            "espeak-ng",
+            {},
+            "tts.rates: must be a list of numbers",
+        ),
         ({"text": "seven", "voices": ["en"], "pitches": [120]}, "espeak-ng", {}, "outside espeak-ng's range 0-99"),
         ({"text": "seven", "voices": ["slt"], "pitches": [20]}, "flite", {}, "outside flite's range 50-400"),
         ({"text": "seven", "voices": ["en"], "max_renders": 0}, "espeak-ng", {}, "must be a positive integer"),
