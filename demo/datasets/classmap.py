@@ -5,17 +5,23 @@ A class map is a JSON file (see ``resources/debian_sounds.json``)::
     {"name": ..., "process": {ProcessConfig fields}, "test_fraction": 0.25, "min_clips": 3,
      "render_captions": {"pitched": [templates], "drums": [templates]},
      "packages": {name: {"root": dir, "short": tag, "license": fallback, "copyright": DEP-5 file,
-                         "dep5_map": [[installed prefix, upstream prefix]], "soundfont": file}},
+                         "dep5_map": [[installed prefix, upstream prefix]], "soundfont": file,
+                         "synthesizer": program}},
      "classes": {name: {"label": text, "kind": "event" | "instrument" | "speech", "captions": [...],
                         "note": review note, "sources": [source, ...], "excluded": [exclusion, ...],
-                        "cross_source_package": package | false}},
+                        "cross_source_package": package | false,
+                        "process": {ProcessConfig fields overridden for this class}}},
      "rejected": [{"class": ..., "reason": ...}]}
 
 A source takes files from one package: ``{"package", "files": [glob, ...]}`` (paths under the
 package root, or members of ``"rcc"`` for Qt resource files), with optional ``segments`` (hand-cut
 ``[start, end]`` seconds), ``chunk_seconds``, ``captions``, ``attributes``, ``group`` (clips that
 share a group share a split), ``split`` (fixed ``"train"`` / ``"test"``), ``max_files`` and ``note``;
-or renders notes: ``{"package", "render": {"program", "keys", "velocities", "drums", ...}}``.
+or renders notes: ``{"package", "render": {"program", "keys", "velocities", "drums", ...}}``;
+or speaks a text: ``{"package", "tts": {"text", "voices", "rates", "pitches", "max_renders"}}`` (the
+package names its ``"synthesizer"``, ``espeak-ng`` or ``flite``; see :mod:`demo.datasets.tts`).
+A class may override processing settings with ``"process": {...}`` (e.g. a lower ``min_seconds``
+for single spoken words).
 An exclusion ``{"package", ["rcc"], "file", "reason"}`` removes a file from the class's globs and
 records why it was left out.
 
@@ -27,6 +33,7 @@ name pins that one; ``false`` (or ``null``) holds out none.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +41,9 @@ from typing import Any
 
 from clapkit.config import from_mapping
 from demo.datasets.curation import ProcessConfig
+from demo.datasets.tts import PITCH_RANGES, SYNTHESIZERS
 
-__all__ = ["ClassMap", "ClassSpec", "Exclusion", "PackageSpec", "RenderSpec", "SourceSpec", "load_class_map"]
+__all__ = ["ClassMap", "ClassSpec", "Exclusion", "PackageSpec", "RenderSpec", "SourceSpec", "TtsSpec", "load_class_map"]
 
 KINDS = ("event", "instrument", "speech")
 SPLITS = ("train", "test")
@@ -52,6 +60,15 @@ class PackageSpec:
     copyright: Path | None = None
     dep5_map: tuple[tuple[str, str], ...] = ()
     soundfont: str | None = None
+    synthesizer: str | None = None
+
+    def installed(self) -> bool:
+        """Whether the package is there: its root, its SoundFont file, its synthesizer program."""
+        if not self.root.exists():
+            return False
+        if self.soundfont is not None and not (self.root / self.soundfont).is_file():
+            return False
+        return self.synthesizer is None or shutil.which(self.synthesizer) is not None
 
     def upstream_path(self, relative: str) -> str:
         """Map an installed relative path to its path in the DEP-5 copyright file."""
@@ -77,6 +94,21 @@ class RenderSpec:
 
 
 @dataclass(frozen=True)
+class TtsSpec:
+    """A text spoken by a synthesizer: up to ``max_renders`` of the voice × rate × pitch combinations.
+
+    ``rates`` are speed factors (1.0 = the program's normal speed); ``pitches`` are in the program's
+    own unit (espeak-ng 0-99, flite F0 in Hz), empty for the voices' own pitch.
+    """
+
+    text: str
+    voices: tuple[str, ...]
+    rates: tuple[float, ...] = (1.0,)
+    pitches: tuple[int, ...] = ()
+    max_renders: int | None = None
+
+
+@dataclass(frozen=True)
 class SourceSpec:
     """One entry of a class's ``sources`` list."""
 
@@ -84,6 +116,7 @@ class SourceSpec:
     files: tuple[str, ...] = ()
     rcc: str | None = None
     render: RenderSpec | None = None
+    tts: TtsSpec | None = None
     segments: tuple[tuple[float, float], ...] = ()
     chunk_seconds: float | None = None
     captions: tuple[str, ...] = ()
@@ -116,6 +149,7 @@ class ClassSpec:
     #: Which package is held out as the cross-source split: True = chosen by the builder, a name = that one,
     #: False = none.
     cross_source: str | bool = True
+    process: ProcessConfig | None = None  # None: the class map's
 
 
 @dataclass(frozen=True)
@@ -155,8 +189,11 @@ def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 def _package(name: str, raw: Mapping[str, Any], base: Path) -> PackageSpec:
     where = f"packages.{name}"
-    _check_keys(raw, {"root", "short", "license", "copyright", "dep5_map", "soundfont", "note"}, where)
+    _check_keys(raw, {"root", "short", "license", "copyright", "dep5_map", "soundfont", "synthesizer", "note"}, where)
     copyright_path = raw.get("copyright")
+    synthesizer = raw.get("synthesizer")
+    if synthesizer is not None and synthesizer not in SYNTHESIZERS:
+        raise ValueError(f"{where}: synthesizer {synthesizer!r} must be one of {SYNTHESIZERS}")
     return PackageSpec(
         name=name,
         root=(base / _need(raw, "root", where, str)).resolve(),
@@ -165,6 +202,7 @@ def _package(name: str, raw: Mapping[str, Any], base: Path) -> PackageSpec:
         copyright=(base / copyright_path) if copyright_path else None,
         dep5_map=tuple((str(a), str(b)) for a, b in raw.get("dep5_map", [])),
         soundfont=raw.get("soundfont"),
+        synthesizer=synthesizer,
     )
 
 
@@ -198,17 +236,49 @@ def _render(raw: Mapping[str, Any], where: str) -> RenderSpec:
     )
 
 
+def _numbers(raw: Mapping[str, Any], key: str, where: str, default: list[float]) -> tuple[float, ...]:
+    values = raw.get(key, default)
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{where}.{key}: must be a list of numbers, got {values!r}")
+    return tuple(values)
+
+
+def _tts(raw: Mapping[str, Any], where: str, synthesizer: str) -> TtsSpec:
+    _check_keys(raw, {"text", "voices", "rates", "pitches", "max_renders"}, where)
+    text = _need(raw, "text", where, str).strip()
+    if not text:
+        raise ValueError(f"{where}: 'text' must not be empty")
+    voices = _strings(_need(raw, "voices", where, list), f"{where}.voices")
+    if not voices or len(set(voices)) != len(voices):
+        raise ValueError(f"{where}.voices: give at least one voice, each once")
+    rates = tuple(float(r) for r in _numbers(raw, "rates", where, [1.0]))
+    if not rates or not all(0.25 <= r <= 4.0 for r in rates):
+        raise ValueError(f"{where}.rates: {list(rates)} must be speed factors in 0.25-4.0")
+    pitches = tuple(int(p) for p in _numbers(raw, "pitches", where, []))
+    low, high = PITCH_RANGES[synthesizer]
+    if not all(low <= p <= high for p in pitches):
+        raise ValueError(f"{where}.pitches: {list(pitches)} outside {synthesizer}'s range {low}-{high}")
+    max_renders = raw.get("max_renders")
+    if max_renders is not None and (not isinstance(max_renders, int) or max_renders < 1):
+        raise ValueError(f"{where}.max_renders: {max_renders!r} must be a positive integer")
+    return TtsSpec(text, voices, rates, pitches, max_renders)
+
+
 def _source(raw: Mapping[str, Any], where: str, packages: Mapping[str, PackageSpec]) -> SourceSpec:
-    allowed = {"package", "files", "rcc", "render", "segments", "chunk_seconds", "captions", "attributes"}
+    allowed = {"package", "files", "rcc", "render", "tts", "segments", "chunk_seconds", "captions", "attributes"}
     _check_keys(raw, allowed | {"group", "split", "max_files", "note"}, where)
     package = _need(raw, "package", where, str)
     if package not in packages:
         raise ValueError(f"{where}: unknown package {package!r}; declared: {sorted(packages)}")
-    if ("files" in raw) == ("render" in raw):
-        raise ValueError(f"{where}: give exactly one of 'files' (globs) or 'render' (notes)")
+    if sum(key in raw for key in ("files", "render", "tts")) != 1:
+        raise ValueError(f"{where}: give exactly one of 'files' (globs), 'render' (notes) or 'tts' (speech)")
     render = _render(raw["render"], f"{where}.render") if "render" in raw else None
     if render is not None and not packages[package].soundfont:
         raise ValueError(f"{where}: package {package!r} has no 'soundfont' to render from")
+    synthesizer = packages[package].synthesizer
+    if "tts" in raw and synthesizer is None:
+        raise ValueError(f"{where}: package {package!r} has no 'synthesizer' to speak with")
+    tts = _tts(_need(raw, "tts", where, dict), f"{where}.tts", synthesizer) if "tts" in raw else None
     split = raw.get("split")
     if split is not None and split not in SPLITS:
         raise ValueError(f"{where}: split {split!r} must be one of {SPLITS}")
@@ -218,6 +288,7 @@ def _source(raw: Mapping[str, Any], where: str, packages: Mapping[str, PackageSp
         files=_strings(raw["files"], f"{where}.files") if "files" in raw else (),
         rcc=raw.get("rcc"),
         render=render,
+        tts=tts,
         segments=segments,
         chunk_seconds=raw.get("chunk_seconds"),
         captions=_strings(raw.get("captions", []), f"{where}.captions"),
@@ -229,9 +300,13 @@ def _source(raw: Mapping[str, Any], where: str, packages: Mapping[str, PackageSp
     )
 
 
-def _class(name: str, raw: Mapping[str, Any], packages: Mapping[str, PackageSpec]) -> ClassSpec:
+def _class(
+    name: str, raw: Mapping[str, Any], packages: Mapping[str, PackageSpec], process: Mapping[str, Any]
+) -> ClassSpec:
     where = f"classes.{name}"
-    _check_keys(raw, {"label", "kind", "captions", "sources", "note", "excluded", "cross_source_package"}, where)
+    _check_keys(
+        raw, {"label", "kind", "captions", "sources", "note", "excluded", "cross_source_package", "process"}, where
+    )
     kind = raw.get("kind", "event")
     if kind not in KINDS:
         raise ValueError(f"{where}: kind {kind!r} must be one of {KINDS}")
@@ -257,6 +332,7 @@ def _class(name: str, raw: Mapping[str, Any], packages: Mapping[str, PackageSpec
         note=raw.get("note", ""),
         excluded=tuple(excluded),
         cross_source=_cross_source(raw, where, specs),
+        process=_class_process(raw, process, where),
     )
 
 
@@ -281,6 +357,16 @@ def _cross_source(raw: Mapping[str, Any], where: str, sources: tuple[SourceSpec,
             "needs clips from another package to train and test on (remove the key)"
         )
     return value
+
+
+def _class_process(raw: Mapping[str, Any], process: Mapping[str, Any], where: str) -> ProcessConfig | None:
+    """A class's own processing settings over the class map's; ``None`` when it has none."""
+    if "process" not in raw:
+        return None
+    own = _need(raw, "process", where, dict)
+    if "sample_rate" in own:
+        raise ValueError(f"{where}.process: 'sample_rate' is the class map's, not a class's")
+    return from_mapping(ProcessConfig, {**process, **own}, f"{where}.process")
 
 
 def load_class_map(source: str | Path | Mapping[str, Any]) -> ClassMap:
@@ -312,11 +398,12 @@ def load_class_map(source: str | Path | Mapping[str, Any]) -> ClassMap:
         str(path or "class map"),
     )
     packages = {n: _package(n, p, base) for n, p in _need(raw, "packages", "class map", dict).items()}
-    classes = {n: _class(n, c, packages) for n, c in _need(raw, "classes", "class map", dict).items()}
+    process = _need(raw, "process", "class map", dict) if "process" in raw else {}
+    classes = {n: _class(n, c, packages, process) for n, c in _need(raw, "classes", "class map", dict).items()}
     captions = raw.get("render_captions", {})
     return ClassMap(
         name=raw.get("name", path.stem if path else "dataset"),
-        process=from_mapping(ProcessConfig, raw.get("process", {}), f"{path or 'class map'}: process"),
+        process=from_mapping(ProcessConfig, process, f"{path or 'class map'}: process"),
         test_fraction=float(raw.get("test_fraction", 0.25)),
         min_clips=int(raw.get("min_clips", 3)),
         packages=packages,

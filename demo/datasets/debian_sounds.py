@@ -3,9 +3,10 @@
 The sources are game and education packages whose audio nobody on this project recorded
 (tuxpaint-stamps-default, minetest-data, gcompris-qt-data, sonic-pi-samples, scorched3d-data,
 lincity-ng-data, btanks-data, heroes-sound-effects, hedgewars-data, wesnoth-1.16-data, freeciv-data,
-megaglest-data) and the FluidR3 GM SoundFont (fluid-soundfont-gm), rendered note by note. Which files
-make which class, and which files were left out and why, is the reviewed class map
-``resources/debian_sounds.json``; see docs/data.md.
+megaglest-data), two General MIDI SoundFonts rendered note by note (fluid-soundfont-gm,
+timgm6mb-soundfont), Asterisk's recorded English telephone prompts (asterisk-core-sounds-en-wav) and
+words spoken by the espeak-ng and flite synthesizers. Which files make which class, and which files
+were left out and why, is the reviewed class map ``resources/debian_sounds.json``; see docs/data.md.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ APT_PACKAGES = (
     "wesnoth-1.16-data",
     "freeciv-data",
     "megaglest-data",
+    "timgm6mb-soundfont",
+    "espeak-ng",
+    "flite",
+    "asterisk-core-sounds-en-wav",
 )
 
 

@@ -24,6 +24,7 @@ from demo.datasets.curation import plan_segments
 from demo.datasets.licenses import Dep5, parse_dep5
 from demo.datasets.rcc import RccArchive
 from demo.datasets.render import NoteRenderer, note_name, register
+from demo.datasets.tts import Synthesizer, Utterance, plan_utterances, speed_word
 
 __all__ = ["Job", "Sources", "collect_jobs", "sha1_hex"]
 
@@ -68,6 +69,7 @@ class Sources:
         self._rcc: dict[Path, RccArchive] = {}
         self._dep5: dict[str, Dep5 | None] = {}
         self._renderers: dict[Path, NoteRenderer] = {}
+        self._synthesizers: dict[str, Synthesizer] = {}
         self._hashes: dict[Path, str] = {}
 
     def rcc(self, path: Path) -> RccArchive:
@@ -87,6 +89,11 @@ class Sources:
         if path not in self._renderers:
             self._renderers[path] = NoteRenderer(path, self.cmap.process.sample_rate)
         return self._renderers[path]
+
+    def synthesizer(self, program: str) -> Synthesizer:
+        if program not in self._synthesizers:
+            self._synthesizers[program] = Synthesizer(program)
+        return self._synthesizers[program]
 
     def file_hash(self, path: Path) -> str:
         if path not in self._hashes:
@@ -241,6 +248,40 @@ def _render_jobs(cmap: ClassMap, cls: ClassSpec, src: SourceSpec, pkg: PackageSp
             )
 
 
+def _tts_jobs(cmap: ClassMap, cls: ClassSpec, src: SourceSpec, pkg: PackageSpec, opened: Sources) -> Iterator[Job]:
+    """Jobs of a ``tts`` source: one per planned utterance; the renders of one voice share a group."""
+    spec = src.tts
+    assert spec is not None and pkg.synthesizer is not None
+    synth = opened.synthesizer(pkg.synthesizer)
+    pitches = spec.pitches or (None,)
+    utterances = plan_utterances(spec.text, spec.voices, spec.rates, pitches, spec.max_renders)
+    rate = cmap.process.sample_rate  # a class cannot override the rate
+    templates = cmap.render_captions.get("speech", ())
+    for utt in utterances:
+        attributes = {"text": utt.text, "synthesizer": pkg.synthesizer, "voice": utt.voice}
+        attributes |= {"speech_rate": utt.rate, "voice_pitch": utt.pitch, "speed": speed_word(utt.rate)}
+        origin = f"{pkg.name}:{utt.voice}#text={utt.text!r},rate={utt.rate},pitch={utt.pitch}"
+
+        def read(utt: Utterance = utt) -> torch.Tensor:
+            return synth.render(utt, rate)
+
+        yield Job(
+            cls=cls,
+            source=src,
+            package=pkg,
+            origin=origin,
+            source_file=synth.path,
+            name=f"{pkg.short}-{_slug(utt.text)}-{_slug(utt.tag)}",
+            group=f"{pkg.name}:{utt.voice}:{_slug(utt.text)}",
+            segment=None,
+            captions=list(src.captions) + [t.format(label=cls.label, **attributes) for t in templates],
+            attributes={**attributes, **src.attributes},
+            license=opened.license(pkg, pkg.synthesizer),
+            content_key=sha1_hex(json.dumps([synth.version(), asdict(utt)], sort_keys=True).encode()),
+            read=read,
+        )
+
+
 def _unique_names(jobs: list[Job]) -> None:
     seen: dict[tuple[str, str], int] = defaultdict(int)
     for job in jobs:
@@ -258,7 +299,7 @@ def collect_jobs(
     Raises:
         FileNotFoundError: a package is not installed and ``skip_missing`` is off.
     """
-    missing = sorted(name for name, pkg in cmap.packages.items() if not pkg.root.exists())
+    missing = sorted(name for name, pkg in cmap.packages.items() if not pkg.installed())
     if missing and not skip_missing:
         raise FileNotFoundError(
             f"Debian packages not installed: {', '.join(missing)}; install them with "
@@ -280,9 +321,12 @@ def collect_jobs(
             try:
                 if src.render is not None:
                     jobs.extend(_render_jobs(cmap, cls, src, pkg, opened))
+                elif src.tts is not None:
+                    jobs.extend(_tts_jobs(cmap, cls, src, pkg, opened))
                 else:
                     jobs.extend(_file_jobs(cls, src, pkg, opened, rate))
             except (FileNotFoundError, ValueError, KeyError) as err:
-                skipped.append({"class": cls.name, "source": ", ".join(src.files) or pkg.name, "reason": str(err)})
+                what = ", ".join(src.files) or (f"{pkg.name}: {src.tts.text!r}" if src.tts else pkg.name)
+                skipped.append({"class": cls.name, "source": what, "reason": str(err)})
     _unique_names(jobs)
     return jobs, missing, skipped

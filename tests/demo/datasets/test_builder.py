@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -335,3 +336,87 @@ def test_cli_builds_with_a_class_map(tree: Path, tmp_path: Path, capsys) -> None
 def test_cli_lists_the_datasets(capsys) -> None:
     assert main(["list"]) == 0
     assert capsys.readouterr().out.split() == ["debian-sounds"]
+
+
+def test_a_class_can_keep_shorter_clips_than_the_class_map(tree: Path, tmp_path: Path) -> None:
+    for i, freq in enumerate((300, 500, 700)):
+        (tree / "pkg_files" / "sounds" / f"word_{i}.wav").write_bytes(_wav(_tone(freq, 0.42, lead=0.1, tail=0.1)))
+    raw = _class_map(tree)
+    word = {
+        "label": "a word",
+        "captions": ["a word"],
+        "sources": [{"package": "files-pkg", "files": ["sounds/word_*.wav"]}],
+    }
+    raw["classes"] = {"word": word}
+    plain = build_dataset(tmp_path / "plain", load_class_map(raw), progress=False)
+    assert plain.records == [] and plain.dropped_classes[0]["class"] == "word"
+    assert all("shorter than min_seconds=0.5" in s["reason"] for s in plain.skipped)
+    word["process"] = {"min_seconds": 0.4}
+    kept = build_dataset(tmp_path / "kept", load_class_map(raw), progress=False)
+    assert len(kept.records) == 3 and all(0.4 <= r.duration < 0.5 for r in kept.records), [
+        r.duration for r in kept.records
+    ]
+
+
+CP = shutil.which("cp") or "/bin/cp"  # resolved before the tests empty PATH
+FAKE_ESPEAK = """#!/bin/sh
+if [ "$1" = "--version" ]; then echo "eSpeak NG text-to-speech: {version}"; exit 0; fi
+while [ $# -gt 0 ]; do
+  if [ "$1" = "-w" ]; then {cp} {wav} "$2"; fi
+  shift
+done
+"""
+
+
+def _fake_espeak(folder: Path, version: str) -> None:
+    (folder / "said.wav").write_bytes(_wav(_tone(220, 0.8)))
+    program = folder / "espeak-ng"
+    program.write_text(FAKE_ESPEAK.format(version=version, cp=CP, wav=folder / "said.wav"))
+    program.chmod(0o755)
+
+
+def test_tts_sources_build_one_group_per_voice(tree: Path, tmp_path: Path, monkeypatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))  # the fake program below, nothing else
+    raw = _class_map(tree)
+    raw["render_captions"] = {"speech": ['"{text}" spoken {speed}']}
+    raw["packages"]["tts-pkg"] = {"root": str(tree), "short": "tts", "license": "GPL-3+", "synthesizer": "espeak-ng"}
+    tts = {"text": "seven", "voices": ["v1", "v2", "v3"], "rates": [0.6, 1.0, 1.3], "pitches": [40], "max_renders": 7}
+    raw["classes"] = {
+        "seven": {
+            "label": "seven",
+            "kind": "speech",
+            "captions": ["a voice saying seven"],
+            "sources": [{"package": "tts-pkg", "tts": tts}],
+        }
+    }
+    with pytest.raises(FileNotFoundError, match="apt-get install tts-pkg"):  # no espeak-ng on PATH
+        build_dataset(tmp_path / "out", load_class_map(raw), progress=False)
+    _fake_espeak(bin_dir, "1.0")
+    result = build_dataset(tmp_path / "out", load_class_map(raw), progress=False)
+    assert len(result.records) == 7 and result.duplicates == []  # identical audio: renders are not de-duplicated
+    assert {r.group for r in result.records} == {f"tts-pkg:{v}:seven" for v in ("v1", "v2", "v3")}
+    assert {r.split for r in result.records} == {"train", "test"}
+    for rec in result.records:
+        assert rec.attributes["text"] == "seven" and rec.attributes["voice_pitch"] == 40 and rec.license == "GPL-3+"
+        assert f'"seven" spoken {rec.attributes["speed"]}' in rec.captions and "a voice saying seven" in rec.captions
+        assert rec.source_file == str(bin_dir / "espeak-ng")
+    assert build_dataset(tmp_path / "out", load_class_map(raw), progress=False).reused == 7
+    _fake_espeak(bin_dir, "2.0")  # another program version: every render is made again
+    assert build_dataset(tmp_path / "out", load_class_map(raw), progress=False).reused == 0
+
+
+def test_a_soundfont_package_without_its_soundfont_file_is_missing(tree: Path, tmp_path: Path) -> None:
+    raw = _class_map(tree)
+    raw["packages"]["sf-pkg"] = {"root": str(tree), "short": "sf", "license": "MIT", "soundfont": "absent.sf2"}
+    render = {"program": 0, "keys": [60], "velocities": [90]}
+    raw["classes"]["piano"] = {
+        "label": "piano",
+        "captions": ["a piano"],
+        "sources": [{"package": "sf-pkg", "render": render}],
+    }
+    cmap = load_class_map(raw)
+    assert cmap.packages["files-pkg"].installed() and not cmap.packages["sf-pkg"].installed()  # root exists, file not
+    with pytest.raises(FileNotFoundError, match="apt-get install sf-pkg"):
+        build_dataset(tmp_path / "out", cmap, progress=False)

@@ -15,7 +15,7 @@ from demo.datasets.render import NoteRenderer
 from tests.demo.datasets.test_cross_source import assert_no_split_leaks
 
 RAW = json.loads(DEFAULT_CLASS_MAP.read_text())
-MISSING = [name for name, pkg in RAW["packages"].items() if not Path(pkg["root"]).exists()]
+MISSING = [name for name, pkg in load_class_map(DEFAULT_CLASS_MAP).packages.items() if not pkg.installed()]
 needs_packages = pytest.mark.skipif(
     bool(MISSING), reason=f"Debian packages not installed: {' '.join(MISSING)} (make venv installs them)"
 )
@@ -37,12 +37,18 @@ def test_every_source_of_the_shipped_class_map_resolves() -> None:
     # What the cross-source split needs: most event classes are heard in two or more packages.
     multi = [name for name in events if len({src.package for src in cmap.classes[name].sources}) >= 2]
     assert len(multi) >= 35, sorted(set(events) - set(multi))
+    instruments = [c for c in cmap.classes.values() if c.kind == "instrument"]
+    assert len(instruments) >= 60
+    for cls in instruments:  # every rendered instrument comes from both SoundFonts
+        rendered = {s.package for s in cls.sources if s.render is not None}
+        assert rendered in (set(), {"fluid-soundfont-gm", "timgm6mb-soundfont"}), cls.name
     assert all(report["planned"][name] >= cmap.min_clips for name in cmap.classes)
 
 
 @needs_packages
 def test_build_a_slice_of_debian_sounds(tmp_path: Path) -> None:
-    """dog (tuxpaint, gcompris .rcc, scorched3d), fire (minetest), tom_drum (sonic-pi + GM drums), violin (GM notes)."""
+    """dog (tuxpaint, gcompris .rcc, scorched3d), fire (minetest), tom_drum (sonic-pi, tuxpaint, two SoundFonts),
+    violin (GM notes)."""
     raw = dict(RAW, classes={k: RAW["classes"][k] for k in ("dog", "fire", "tom_drum", "violin")})
     raw["classes"]["violin"] = dict(raw["classes"]["violin"], sources=raw["classes"]["violin"]["sources"][:1])
     result = build_dataset(tmp_path, load_class_map(raw), progress=False)
@@ -50,10 +56,10 @@ def test_build_a_slice_of_debian_sounds(tmp_path: Path) -> None:
     # dog: three gcompris clips, one tuxpaint clip, two scorched3d clips; the hash holds scorched3d out.
     assert counts["dog"] == {"train": 3, "test": 1, "cross": 2}
     held_out = assert_no_split_leaks(r.to_json() for r in result.records)
-    assert held_out == {"dog": "scorched3d-data", "fire": "wesnoth-1.16-data", "tom_drum": "sonic-pi-samples"}
-    assert counts["tom_drum"]["cross"] == 6  # sonic-pi's three toms, hard and soft
-    # Any of tom_drum's packages leaves enough clips; the hash of class and package picks sonic-pi.
-    eligible = "['fluid-soundfont-gm', 'sonic-pi-samples', 'tuxpaint-stamps-default']"
+    assert held_out == {"dog": "scorched3d-data", "fire": "wesnoth-1.16-data", "tom_drum": "timgm6mb-soundfont"}
+    assert counts["tom_drum"]["cross"] == 18  # every TimGM6mb render of the class
+    # Any of tom_drum's packages leaves enough clips; the hash of class and package picks TimGM6mb.
+    eligible = "['fluid-soundfont-gm', 'sonic-pi-samples', 'timgm6mb-soundfont', 'tuxpaint-stamps-default']"
     assert result.cross_sources["tom_drum"]["reason"] == f"chosen by hash among {eligible}"
     assert result.cross_sources["violin"] == {"package": None, "reason": "one package (fluid-soundfont-gm)"}
     assert counts["fire"]["cross"] == 2 and counts["violin"]["cross"] == 0
@@ -130,3 +136,48 @@ def test_note_renderer_plays_the_requested_pitch_and_hits() -> None:
     assert len(onsets) + (env[0] > 0.5 * env.max()) == 4
     with pytest.raises(ValueError, match="velocities 1-127"):
         renderer.render(60, 0)
+
+
+@needs_packages
+def test_build_speech_and_two_soundfont_classes(tmp_path: Path) -> None:
+    """say_seven (espeak-ng, flite, Asterisk, Tux Paint) and marimba (FluidR3 + TimGM6mb renders)."""
+    raw = dict(RAW, classes={k: RAW["classes"][k] for k in ("say_seven", "marimba")})
+    result = build_dataset(tmp_path, load_class_map(raw), progress=False)
+    seven = [r for r in result.records if r.cls == "say_seven"]
+    by_package = {p: [r for r in seven if r.source_package == p] for p in {r.source_package for r in seven}}
+    assert set(by_package) == {"espeak-ng", "flite", "asterisk-core-sounds-en-wav", "tuxpaint-stamps-default"}
+    assert 8 <= len(by_package["espeak-ng"]) <= 10 and 6 <= len(by_package["flite"]) <= 8
+    licenses = {p: {r.license for r in recs} for p, recs in by_package.items()}
+    assert licenses["espeak-ng"] == {"GPL-3+"} and licenses["asterisk-core-sounds-en-wav"] == {"CC-BY-SA-3.0"}
+    espeak = by_package["espeak-ng"]
+    assert len({r.attributes["voice"] for r in espeak}) == 5  # the plan takes turns between the voices
+    assert all(r.group == f"espeak-ng:{r.attributes['voice']}:seven" for r in espeak)
+    assert all(r.label == 'a voice saying "seven"' and r.kind == "speech" for r in seven)
+    slow = next(r for r in espeak if r.attributes["speech_rate"] < 0.6)
+    assert '"seven" spoken slowly' in slow.captions and 'a voice saying "seven"' in slow.captions
+    assert all(0.4 <= r.duration < 2.0 for r in seven)  # one word; the class keeps clips from 0.4 s
+    assert len({r.group for r in seven if r.split == "test"}) >= 1
+    assert {r.split for r in seven} == {"train", "test", "cross"}
+    assert_no_split_leaks(r.to_json() for r in result.records)
+
+    marimba = [r for r in result.records if r.cls == "marimba"]
+    assert {r.source_package for r in marimba} == {"fluid-soundfont-gm", "timgm6mb-soundfont"}
+    assert len(marimba) == 24 and {r.attributes["velocity"] for r in marimba} == {55, 85, 110}
+    assert {r.license for r in marimba if r.source_package == "timgm6mb-soundfont"} == {"GPL-2"}
+    # The two SoundFonts' C4 differ, and both peak at a harmonic of 261.6 Hz.
+    spectra = []
+    for package in ("fluid-soundfont-gm", "timgm6mb-soundfont"):
+        rec = next(
+            r
+            for r in marimba
+            if r.source_package == package and r.attributes["pitch"] == "C4" and r.attributes["velocity"] == 85
+        )
+        wave, rate = sf.read(tmp_path / rec.audio)
+        wave = np.pad(wave, (0, max(0, rate - len(wave))))[:rate]  # 1 s: 1 Hz bins
+        spectrum = np.abs(np.fft.rfft(wave))
+        peak = np.fft.rfftfreq(rate, 1 / rate)[spectrum.argmax()]
+        assert abs(peak / 261.63 - round(peak / 261.63)) < 0.03
+        spectra.append(np.log1p(spectrum))
+    assert np.corrcoef(*spectra)[0, 1] < 0.99
+    again = build_dataset(tmp_path, load_class_map(raw), progress=False)
+    assert again.reused == len(result.records)
