@@ -329,7 +329,8 @@ def audio_features(
         batches: ``(keys [B], wave [B, S], lengths [B])`` — from ``file_windows`` or a shard reader in evaluation mode.
         dtype: Storage dtype (``float32`` keeps the tower's output exactly).
         autocast_dtype: Run the tower under autocast (e.g. ``torch.bfloat16``); the stored features then match
-            ``embed_audio(..., autocast_dtype=...)``, not the float32 model.
+            ``embed_audio(..., autocast_dtype=...)``, not the float32 model. A model whose ``audio_tower.autocast``
+            is set runs its tower that way without this, and its own ``embed_audio`` matches the stored features.
         channels_last: Run convolutional towers in channels-last memory layout (the same numbers, often faster
             on CPU); the tower's layout is restored afterwards.
         total: Number of windows, for the progress bar.
@@ -347,7 +348,7 @@ def audio_features(
     try:
         for batch_keys, wave, lengths in batches:
             with autocast(device, autocast_dtype):
-                out = tower(wave.to(device), lengths.to(device))
+                out = model.run_audio_tower(wave.to(device), lengths.to(device))
             outputs.append(TowerOutput(out.pooled.float(), out.sequence.float(), out.mask))
             keys.extend(batch_keys)
             bar.update(len(batch_keys))

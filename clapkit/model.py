@@ -118,8 +118,17 @@ class ClapModel(nn.Module):
     # ------------------------------------------------------------------ tensor API
     def audio_features(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> TowerOutput:
         """Tower (and head) output before projection for waveforms [B, S]."""
-        out = self.audio_tower(wave, lengths)
+        out = self.run_audio_tower(wave, lengths)
         return self.audio_head(out) if self.audio_head else out
+
+    def run_audio_tower(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> TowerOutput:
+        """The audio tower on waveforms [B, S], under the autocast its config asks for (outputs in float32)."""
+        dtype = self.config.audio_tower.autocast
+        if dtype is None:
+            return self.audio_tower(wave, lengths)
+        with autocast(self.device, getattr(torch, dtype)):
+            out = self.audio_tower(wave, lengths)
+        return TowerOutput(out.pooled.float(), out.sequence.float(), out.mask)
 
     def audio_from_tower(self, tower_out: TowerOutput, normalize: bool = True) -> torch.Tensor:
         """Audio tower output (e.g. cached features of a frozen tower) → head → projection [B, D]."""
@@ -131,7 +140,7 @@ class ClapModel(nn.Module):
         self, wave: torch.Tensor, normalize: bool = True, lengths: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Waveforms [B, S] at ``sample_rate`` (one clip-length window each) → embeddings [B, D]."""
-        return self.audio_from_tower(self.audio_tower(wave, lengths), normalize)
+        return self.audio_from_tower(self.run_audio_tower(wave, lengths), normalize)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Captions → ``{"input_ids", "attention_mask"}`` [B, L] for ``encode_text``."""

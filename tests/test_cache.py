@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import clapkit
 from clapkit.cache import (
     FeatureStore,
     TowerCache,
@@ -145,3 +146,30 @@ def test_waveform_keys_hash_content_and_length():
     plain = waveform_keys(wave)
     assert plain[0] != plain[1] and plain == waveform_keys(wave.clone())
     assert waveform_keys(wave, torch.tensor([8, 8]))[0] != waveform_keys(wave, torch.tensor([4, 8]))[0]
+
+
+def test_tower_autocast_runs_in_bf16_and_the_store_follows(clips, tmp_path):
+    frozen = {"audio_tower": {"freeze": True, "autocast": "bfloat16"}, "text_tower": {"freeze": True}}
+    model = build_tiny_model(**frozen, audio_head=HEAD, text_head=HEAD, audio={"pad": "zero"})
+    seen: list[torch.dtype] = []
+    hook = model.audio_tower.register_forward_hook(lambda mod, args, out: seen.append(out.pooled.dtype))
+    try:
+        store = audio_features(model, file_windows(clips, model.config.audio, batch_size=2))
+    finally:
+        hook.remove()
+    # The tower ran under bf16 autocast, its outputs come back (and are stored) in float32.
+    assert seen and set(seen) == {torch.bfloat16}
+    assert store.batch(clips[:1]).pooled.dtype == torch.float32
+    # The model's own embed_audio runs the tower the same way: the stored path matches it ...
+    stored = embed_audio_features(model, store, clips)
+    np.testing.assert_allclose(stored, model.embed_audio(clips), atol=1e-3)
+    # ... the setting survives save/load, and the float32 tower gives (slightly) different features.
+    model.save_pretrained(tmp_path / "m")
+    assert clapkit.load(tmp_path / "m").config.audio_tower.autocast == "bfloat16"
+    model.config.audio_tower.autocast = None
+    assert not np.allclose(embed_audio_features(model, store, clips), model.embed_audio(clips), atol=1e-6)
+
+
+def test_tower_autocast_refuses_unknown_dtypes():
+    with pytest.raises(ValueError, match="autocast='int8'"):
+        build_tiny_model(audio_tower={"freeze": True, "autocast": "int8"})
