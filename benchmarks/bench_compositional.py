@@ -82,7 +82,8 @@ def run_one(demo: Demo, arm: str, seed: int, folder: Path) -> dict:
 def summarize(runs: list[dict], arms: list[str]) -> tuple[str, dict]:
     """Mean ± std per metric and arm, and the target difference with its standard errors."""
     by_arm = {a: [r for r in runs if r["arm"] == a] for a in arms}
-    lines = [f"{'metric (%)':<26}" + "".join(f"{a + ' (n=' + str(len(by_arm[a])) + ')':>26}" for a in arms)]
+    width = max(len(label) for label, _, _ in COMPARISON_METRICS) + 2
+    lines = [f"{'metric (%)':<{width}}" + "".join(f"{a + ' (n=' + str(len(by_arm[a])) + ')':>26}" for a in arms)]
     stats: dict = {"arms": {}, "machine": machine()}
     for label, key, _ in COMPARISON_METRICS:
         cells = []
@@ -96,7 +97,7 @@ def summarize(runs: list[dict], arms: list[str]) -> tuple[str, dict]:
             stats["arms"].setdefault(a, {})[key] = {"mean": mean, "std": std, "n": len(values), "values": values}
             cells.append(f"{100 * mean:>17.1f} ± {100 * std:>4.1f}")
         if any(c.strip() != "-" for c in cells):
-            lines.append(f"{label:<26}" + "".join(cells))
+            lines.append(f"{label:<{width}}" + "".join(cells))
     stats["targets"] = []
     for target in TARGETS:
         found = _compare(by_arm, *target)
