@@ -149,6 +149,7 @@ class LalmSection:
     system_prompt: str = "You hear sound clips and answer questions about them."
     attn_implementation: str | None = "eager"  # faster than SDPA for short sequences on CPU
     batch_size: int = 16  # conversations per step
+    group_by_length: bool = True  # batches of similar-length conversations (less padding), in random order
     precision: str = "bf16-mixed"  # Lightning precision (bf16 autocast over the float32 LLM)
     stage1: LalmStageSection = field(default_factory=LalmStageSection)
     stage2: LalmStage2Section = field(default_factory=LalmStage2Section)

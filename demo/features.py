@@ -23,6 +23,7 @@ import torch
 
 from clapkit.augment import AugmentConfig, Augmenter, mix_seed
 from clapkit.cache import FeatureStore, audio_features, file_windows, text_features
+from clapkit.config import get_model_config
 from clapkit.data.inputs import read_jsonl
 from clapkit.data.reader import ReaderConfig, ShardReader
 from clapkit.data.schema import load_manifest
@@ -31,7 +32,7 @@ from clapkit.io import atomic_write_text
 from demo.data import Workspace
 from demo.runner import StepRunner, fingerprint
 
-__all__ = ["TrainSample", "make_features", "make_shards", "train_samples", "view_key"]
+__all__ = ["TrainSample", "make_features", "make_shards", "tower_settings", "train_samples", "view_key"]
 
 
 @dataclass
@@ -217,11 +218,27 @@ def _store_features(work: Workspace, folder: Path) -> dict[str, Any]:
     }
 
 
+def tower_settings(work: Workspace) -> dict[str, Any]:
+    """What the stored features depend on: the resolved frozen towers and audio front end, not the heads.
+
+    The heads' and projections' settings (``model.overrides`` of ``audio_head`` and the like) change only training,
+    so changing them reuses the stored features; towers without pretrained weights depend on the seed too.
+    """
+    m = work.config.model
+    resolved = get_model_config(m.name, **m.overrides)
+    settings = {"name": m.name, "pretrained": m.pretrained}
+    for part in ("audio_tower", "text_tower", "audio", "frontend"):
+        settings[part] = getattr(resolved, part)
+    if not m.pretrained:
+        settings["seed"] = work.config.seed
+    return settings
+
+
 def make_features(work: Workspace, runner: StepRunner) -> dict[str, Any]:
     """Step 5: the frozen towers' outputs of every training, counterfactual and held-out window and every text."""
     folder = work.out / "features"
     fp = fingerprint(
-        runner.fingerprints["shards"], runner.fingerprints["benchmark"], work.config.model, work.config.features
+        runner.fingerprints["shards"], runner.fingerprints["benchmark"], tower_settings(work), work.config.features
     )
     s = runner.step("features", fp, folder, lambda: _store_features(work, folder))
     runner.log(

@@ -34,6 +34,7 @@ __all__ = [
     "class_aliases",
     "eval_samples",
     "event_phrases",
+    "item_lengths",
     "label_answers",
     "order_choices",
     "score_predictions",
@@ -251,6 +252,22 @@ def score_predictions(records: Sequence[dict[str, Any]], classes: Sequence[str],
     return out
 
 
+def item_lengths(dataset: QADataset, length: Callable[[ConversationSample], int]) -> list[int]:
+    """``length`` (e.g. ``AudioLanguageModel.sequence_length``) of each item as its first visit draws it.
+
+    Later visits draw other phrasings of the same question and answer, a few tokens apart; the audio, most of the
+    spread, stays. Items of the same text and clip length are measured once.
+    """
+    out, seen = [], {}
+    for i in range(len(dataset)):
+        sample = dataset.sample(i, 0)
+        key = (repr(sample.messages), tuple(len(f) for f in sample.features))
+        if key not in seen:
+            seen[key] = length(sample)
+        out.append(seen[key])
+    return out
+
+
 class QADataset(Dataset):
     """QA items as ``ConversationSample`` s on stored encoder features, for ``LalmModule``'s collator.
 
@@ -269,9 +286,14 @@ class QADataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> ConversationSample:
-        item = self.items[i]
-        rng = random.Random(f"{self.seed}/{i}/{self.visits[i]}")
+        sample = self.sample(i, self.visits[i])
         self.visits[i] += 1
+        return sample
+
+    def sample(self, i: int, visit: int) -> ConversationSample:
+        """Item ``i`` as drawn at its ``visit``-th visit (``__getitem__`` without counting the visit)."""
+        item = self.items[i]
+        rng = random.Random(f"{self.seed}/{i}/{visit}")
         question, answer = item.pairs[rng.randrange(len(item.pairs))]
         messages = [
             {"role": "user", "content": user_content("text_audio", question)},

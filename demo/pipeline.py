@@ -9,10 +9,12 @@ and a finished step is reused by the next run when its inputs and settings are u
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import shutil
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,21 @@ class Demo:
     def benchmark(self) -> dict[str, Any]:
         return make_benchmark(self.work, self.runner)
 
+    def scenes_and_benchmark(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Steps 2 and 3 side by side: both only read the dataset and each composes on one core, so with two
+        threads the benchmark runs in a second process while this one composes the training scenes."""
+        if self.config.threads < 2:
+            return self.scenes(), self.benchmark()
+        lines: list[str] = []
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            future = pool.submit(_benchmark_step, self.config, dict(self.runner.fingerprints))
+            scenes = self.scenes()
+            benchmark, fingerprints, timings, lines = future.result()
+        for line in lines:  # the benchmark's own lines, after the scenes' (its progress bars stay off)
+            self.runner.log(line)
+        self.runner.adopt("benchmark", fingerprints["benchmark"], timings["benchmark"])
+        return scenes, benchmark
+
     def shards(self) -> dict[str, Any]:
         return make_shards(self.work, self.runner)
 
@@ -98,8 +115,10 @@ class Demo:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / OUT_MARKER).touch()
         atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-        for step in (self.dataset, self.scenes, self.benchmark, self.shards, self.features):
-            step()
+        self.dataset()
+        self.scenes_and_benchmark()
+        self.shards()
+        self.features()
         trained = self.train()
         lalm = run_lalm(self.work, runner, trained) if self.config.lalm.enabled else None
         with runner.timed("evaluate"):
@@ -122,6 +141,19 @@ class Demo:
             )
         )
         return {"results": results, "search": shown, "timings": runner.timings}
+
+
+def _benchmark_step(
+    config: DemoConfig, fingerprints: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, str], dict[str, Any], list[str]]:
+    """The benchmark step in a worker process: its result, fingerprints, timings and log lines."""
+    torch.set_num_threads(1)
+    lines: list[str] = []
+    runner = StepRunner(lines.append)
+    for name, value in fingerprints.items():
+        runner.record(name, value)
+    result = make_benchmark(Workspace(config, progress=False), runner)
+    return result, dict(runner.fingerprints), runner.timings, lines
 
 
 def fresh_start(out_dir: Path) -> None:

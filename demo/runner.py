@@ -66,6 +66,11 @@ class StepRunner:
         """Record the fingerprint of an input that is not a step of its own (a given dataset folder)."""
         self._fingerprints[name] = fingerprint
 
+    def adopt(self, name: str, fingerprint: str, timing: dict[str, Any]) -> None:
+        """Take over a step that another process ran (or reused): its fingerprint and timing."""
+        self._fingerprints[name] = fingerprint
+        self.timings[name] = dict(timing)
+
     def step(self, name: str, fingerprint: str, folder: Path, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Run ``run`` unless ``folder`` holds a finished result of the same fingerprint; time it.
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 import webdataset as wds
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, Sampler
 
 from clapkit.audio import AudioSource, load_audio
 from clapkit.data.files import AUDIO_EXTENSIONS
@@ -35,6 +35,7 @@ __all__ = [
     "ConversationCollator",
     "ConversationReader",
     "ConversationSample",
+    "LengthGroupedBatchSampler",
     "decode_conversation",
     "read_conversation_jsonl",
     "replay_mix",
@@ -266,6 +267,55 @@ def _pad_features(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long)
     feats = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
     return feats, torch.arange(feats.shape[1])[None, :] < lengths[:, None]
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of conversations of similar length, the batches in random order.
+
+    A batch is padded to its longest conversation, and the LLM computes on the padding too: over randomly drawn
+    conversations of 40-95 positions (an audio clip of 3-27 tokens, a short or a multiple-choice question) a quarter
+    to a third of the positions are padding. The indices are drawn by transformers' ``get_length_grouped_indices``
+    (a random permutation cut into mega-batches of ``mega_batch_mult`` batches, each sorted by length, the
+    ``group_by_length`` of its ``Trainer``); the batches cut from them are then shuffled, so that a run does not
+    walk from long to short conversations within every mega-batch.
+
+    Args:
+        lengths: Positions of each conversation (``AudioLanguageModel.sequence_length``); only their order matters.
+        batch_size: Conversations per batch.
+        drop_last: Leave out the last batch when it is short.
+        mega_batch_mult: Batches per mega-batch (``None``: 50, or fewer so that there are at least four).
+        generator: Random generator of the permutations (a seeded one repeats a run).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        drop_last: bool = True,
+        mega_batch_mult: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if not lengths:
+            raise ValueError("no conversations to batch")
+        self.lengths, self.batch_size, self.drop_last = list(lengths), batch_size, drop_last
+        self.mega_batch_mult, self.generator = mega_batch_mult, generator
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        order = get_length_grouped_indices(self.lengths, self.batch_size, self.mega_batch_mult, self.generator)
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
 
 
 class ConversationReader(IterableDataset):

@@ -113,6 +113,7 @@ class AudioLanguageModel(nn.Module):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.formatter = ChatFormatter(tokenizer, config.system_prompt, config.max_length)
+        self._frames_per_window: int | None = None
         if config.attn_implementation is not None:
             llm.set_attn_implementation(config.attn_implementation)
         projector.attach(llm)
@@ -172,6 +173,39 @@ class AudioLanguageModel(nn.Module):
             max_audio_seconds=self.config.max_audio_seconds,
             generation=generation,
         )
+
+    def sequence_length(self, sample: ConversationSample) -> int:
+        """Positions the LLM runs over for ``sample`` in training: its text tokens (chat template and system prompt
+        included) and, when the projector splices audio tokens into the sequence, each clip's audio tokens.
+
+        Exact for clips given as ``features``; for waveforms the frames are counted at the encoder's frame rate
+        of a full window (``audio_frames_per_window``), which a partial window can round by a token.
+        """
+        count = len(self.formatter.encode(sample.messages).input_ids)
+        if not self.projector.splices:
+            return count
+        for feats in sample.features:
+            count += self.projector.num_tokens(int(feats.shape[0]))
+        if sample.audio:
+            clip, frames = self.encoder.config.audio.clip_samples, self.audio_frames_per_window()
+            for wave in sample.audio:
+                count += self.projector.num_tokens(math.ceil(wave.shape[-1] * frames / clip))
+        return count
+
+    def audio_frames_per_window(self) -> int:
+        """Encoder frames (``audio_sequence``) of one full window of audio, measured once on silence."""
+        if self._frames_per_window is None:
+            clip = self.encoder.config.audio.clip_samples
+            was_training = self.encoder.training
+            self.encoder.eval()
+            try:
+                with torch.no_grad():
+                    silence = torch.zeros(1, clip, device=self.device)
+                    feats, _ = self.encoder.audio_sequence(silence, torch.tensor([clip], device=self.device))
+            finally:
+                self.encoder.train(was_training)
+            self._frames_per_window = int(feats.shape[1])
+        return self._frames_per_window
 
     def trainable_counts(self) -> dict[str, int]:
         """Trainable parameters per part."""

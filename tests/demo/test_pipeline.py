@@ -201,6 +201,45 @@ def test_second_run_reuses_every_step(demo_run, capsys, monkeypatch):
     assert again["results"]["compa_hardneg"]["compa_order"] == first["results"]["compa_hardneg"]["compa_order"]
 
 
+def test_benchmark_beside_the_scenes_matches_one_after_the_other(demo_run, tmp_path):
+    # With two threads the benchmark is composed in a second process while the scenes are composed here; the files,
+    # the fingerprint and the reuse on the next run are those of the sequential run (the module's run, 1 thread).
+    demo, _, _ = demo_run
+    config = load_config({**_config(tmp_path), "threads": 2, "data": {"dataset_dir": str(demo.out.parent / "data")}})
+    lines: list[str] = []
+    parallel = Demo(config, progress=False, log=lines.append)
+    parallel.dataset()
+    _, bench = parallel.scenes_and_benchmark()
+    assert bench["compa_order"] == 6 and bench["compa_attribute"] == 4
+    assert parallel.runner.fingerprints["benchmark"] == demo.runner.fingerprints["benchmark"]
+    assert parallel.runner.timings["benchmark"]["wall_s"] > 0
+    assert any(line.startswith("[benchmark] done") for line in lines)
+    for name in ("compa_order.csv", "compa_attribute.csv", "items.jsonl"):
+        assert (parallel.out / "benchmark" / name).read_bytes() == (demo.out / "benchmark" / name).read_bytes()
+    assert (parallel.out / "scenes" / "scenes.jsonl").read_bytes() == (
+        demo.out / "scenes" / "scenes.jsonl"
+    ).read_bytes()
+    lines.clear()
+    again = Demo(config, progress=False, log=lines.append)
+    again.dataset()
+    again.scenes_and_benchmark()
+    assert sum("reused" in line for line in lines) == 2
+
+
+def test_head_settings_reuse_the_stored_features(demo_run):
+    # The stored features are the frozen towers' outputs: the heads' settings do not change them, a tower's do.
+    from demo.features import tower_settings
+
+    demo, _, _ = demo_run
+    base = _config(demo.out.parent)
+    heads = merge(base["model"]["overrides"], {"audio_head": {"dropout": 0.1}, "text_head": {"layers": 2}})
+    tower = merge(base["model"]["overrides"], {"audio_tower": {"autocast": "bfloat16"}})
+    same = tower_settings(demo.work)
+    assert tower_settings(Workspace(load_config({**base, "model": {**base["model"], "overrides": heads}}))) == same
+    assert tower_settings(Workspace(load_config({**base, "model": {**base["model"], "overrides": tower}}))) != same
+    assert tower_settings(Workspace(load_config({**base, "seed": 1}))) != same  # random towers follow the seed
+
+
 def test_fresh_only_deletes_demo_folders(tmp_path):
     other = tmp_path / "not_a_demo"
     other.mkdir()

@@ -147,3 +147,52 @@ def test_multi_clip_jsonl_through_the_shard_writer(tmp_path):
     assert [len(w) for w in samples[0].audio] == [8000, 20000]  # clip order follows the listing
     batch = make_lalm("linear").collator()(samples)
     assert batch["audio"].shape[0] == 3
+
+
+def test_sequence_length_counts_the_positions_the_llm_runs_over():
+    model = make_lalm("mlp2x_gelu", downsample=2)
+    frames = model.audio_frames_per_window()
+    clip = model.encoder.config.audio.clip_samples
+    messages = _conversation("a tone")
+    text = len(model.formatter.encode(messages).input_ids)
+    feats = ConversationSample("f", messages, features=[torch.zeros(7, model.encoder.sequence_dim)])
+    assert model.sequence_length(feats) == text + 4  # 7 frames, 2 per token
+    wave = ConversationSample("a", messages, audio=[torch.zeros(clip)])
+    assert model.sequence_length(wave) == text + -(-frames // 2)
+    # The collated batch of the feature sample is exactly that long once its audio tokens are spliced in.
+    batch = model.collator()([feats])
+    prepared = model.prepare_inputs(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["labels"],
+        audio_features=batch["audio_features"],
+        audio_features_mask=batch["audio_features_mask"],
+    )
+    assert prepared.embeds.shape[1] == model.sequence_length(feats)
+    # A cross-attention projector adds no positions.
+    assert make_lalm("xattn", every=1, heads=2, ff_mult=2.0).sequence_length(feats) == text
+
+
+def test_length_grouped_batches_cover_every_item_once_with_little_padding():
+    from clapkit.lalm.data import LengthGroupedBatchSampler
+
+    lengths = torch.randint(40, 100, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    sampler = LengthGroupedBatchSampler(lengths, 16, generator=torch.Generator().manual_seed(1))
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 1000 // 16 and all(len(b) == 16 for b in batches)
+    flat = [i for b in batches for i in b]
+    assert len(set(flat)) == len(flat) == 1000 - 1000 % 16
+    padded = sum(16 * max(lengths[i] for i in b) for b in batches)
+    random_batches = torch.randperm(1000, generator=torch.Generator().manual_seed(2))[:992].view(-1, 16).tolist()
+    random_padded = sum(16 * max(lengths[i] for i in b) for b in random_batches)
+    real = sum(lengths[i] for i in flat)
+    assert padded / real < 1.05 and random_padded / real > 1.2
+    # The batches are shuffled: not longest-first within each mega-batch of 50 batches.
+    maxima = [max(lengths[i] for i in b) for b in batches[:50]]
+    assert maxima != sorted(maxima, reverse=True)
+    again = list(LengthGroupedBatchSampler(lengths, 16, generator=torch.Generator().manual_seed(1)))
+    assert again == batches  # seeded
+    keep = LengthGroupedBatchSampler(lengths, 16, drop_last=False, generator=torch.Generator().manual_seed(1))
+    assert len(keep) == len(list(keep)) == 63 and sorted(i for b in keep for i in b) == list(range(1000))
+    with pytest.raises(ValueError, match="no conversations"):
+        LengthGroupedBatchSampler([], 4)
