@@ -30,9 +30,12 @@ LAION_DEPS := torchlibrosa==0.1.0 h5py==3.16.0 scikit-learn==1.9.1 pandas==2.2.3
 DEMO_STAMP := $(VENV)/.installed-demo
 DEMO_APT_STAMP := $(VENV)/.apt-demo
 
-# apt-get install of the packages in $(1) that are missing (sudo unless root).
+# apt-get install of the packages in $(1) that are not installed (sudo unless root); a package removed with
+# its config files kept counts as missing (`dpkg -s` would call it present).
 define apt_install
-	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(1); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
