@@ -78,10 +78,14 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: venv lint
+# The Python set-up (pip) and the Debian one (apt) run side by side: each is mostly one core.
+test:
+	@$(MAKE) --no-print-directory -j2 venv
+	@$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q
 
-demo: venv-demo
+demo:
+	@$(MAKE) --no-print-directory -j2 venv-demo
 	$(PY) -m demo $(if $(FRESH),--fresh)
 
 bench: venv

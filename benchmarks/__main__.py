@@ -1,7 +1,8 @@
 """Run the benchmarks one after another: ``python -m benchmarks [NAME ...]`` (``make bench`` runs all).
 
 Each benchmark measures clapkit against a peer in the same run and prints a markdown table for
-docs/benchmarks.md. Names: core, interop, losses, reader, train, index, service, lalm, compositional, accel.
+docs/benchmarks.md. Names: core, interop, losses, reader, train, index, service, lalm, compositional, accel,
+scale.
 The index benchmark (1M vectors) takes ~20 minutes on 2 cores and compositional trains 10 models; accel
 spends most of its time in torch.compile (minutes per model on 2 busy cores).
 """
@@ -13,7 +14,7 @@ import importlib
 import sys
 import time
 
-NAMES = ["core", "interop", "losses", "reader", "train", "index", "service", "lalm", "compositional", "accel"]
+NAMES = ["core", "interop", "losses", "reader", "train", "index", "service", "lalm", "compositional", "accel", "scale"]
 
 
 def main() -> int:

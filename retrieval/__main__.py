@@ -60,8 +60,9 @@ COMMANDS = {
         EmbedConfig,
         _embed,
         "embed folders / shards into resumable .npy + .jsonl parts",
-        "Embed every recording window by window into parts under --out. Worker processes decode; the main "
-        "process runs batched inference. Rerun the same command after a kill: finished parts are kept.",
+        "Embed every recording window by window into parts under --out. Engine local: worker processes decode, "
+        "the main process runs batched inference. Engine ray: Ray Data decode tasks and inference actors on a "
+        "cluster (--address, or a local one). Rerun the same command after a kill: finished parts are kept.",
         # Positional; SUPPRESS keeps a command line without inputs from replacing the file's `inputs` with [].
         (("inputs", ("inputs",), {"nargs": "*", "default": argparse.SUPPRESS, "help": "files, folders, shards"}),),
     ),
@@ -70,7 +71,16 @@ COMMANDS = {
         _build,
         "build an index folder from embedding parts",
         "Build an AudioIndex from the parts of `embed`: the layout is chosen for the total count (--index auto) "
-        "within --memory_budget; IVF layouts are trained on a sample across all parts.",
+        "within --memory_budget; IVF layouts are trained on a sample across all parts; --workers processes add "
+        "the parts and their partial indexes are merged; search defaults are tuned to --target_recall within "
+        "--max_query_ms.",
+        (
+            (
+                "memory_budget",
+                ("--memory_budget", "--max_memory"),
+                {"default": argparse.SUPPRESS, "help": "for auto: memory the index may use (e.g. 8GiB)"},
+            ),
+        ),
     ),
     "serve": Command(
         ServeConfig,

@@ -1,14 +1,15 @@
 """An index folder from the parts written by ``retrieval embed``.
 
 The layout is chosen for the total number of windows (``index: auto`` → ``clapkit.index.choose_index``);
-IVF layouts are trained on a seeded sample drawn across all parts, then every part is added in turn, so
-memory holds the index plus one part. Finally the query-time defaults (nprobe / efSearch) are tuned to
-``target_recall`` on 256 sampled windows (``AudioIndex.tune``).
+IVF layouts are trained on a seeded sample drawn across all parts, then the parts are added: in turn, or with
+``workers > 1`` by that many processes whose partial indexes are merged in part order (``clapkit.index.sharded``:
+the same ids and search results). Finally the query-time defaults (nprobe / efSearch) are tuned to
+``target_recall`` on 256 sampled windows, within ``max_query_ms`` per query if set (``AudioIndex.tune``); the
+summary reports the chosen FAISS factory string, the setting, its measured recall@10 and query time.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from clapkit.index import AudioIndex, ModelInfo
-from clapkit.progress import progress_bar
+from clapkit.index.sharded import PartFiles, add_parts
 from retrieval.config import BuildConfig
 from retrieval.embed import FinishedPart, finished_parts
 
@@ -70,15 +71,20 @@ def build_index(cfg: BuildConfig) -> dict[str, Any]:
     plan_ = index.prepare(total)
     if index.train_points:
         index.train(_training_sample(parts, counts, index.train_points, cfg.seed))
-    for part in progress_bar(parts, desc="index parts", unit="part"):
-        emb = np.load(part.embeddings)
-        with open(part.metadata) as f:
-            rows = [json.loads(line) for line in f]
-        index.add_embeddings(emb, rows)
+    add_parts(index, [PartFiles(p.embeddings, p.metadata) for p in parts], workers=cfg.workers)
     tuned = {}
     if cfg.target_recall is not None and cfg.nprobe is None and cfg.ef_search is None:
-        tuned = index.tune(_training_sample(parts, counts, 256, cfg.seed + 1), target_recall=cfg.target_recall)
+        queries = _training_sample(parts, counts, 256, cfg.seed + 1)
+        tuned = index.tune(queries, target_recall=cfg.target_recall, max_query_ms=cfg.max_query_ms)
     index.window = {"seconds": plan["window_seconds"], "hop_seconds": plan["hop_seconds"]}
     index.save(cfg.out)
-    summary = {"count": len(index), "parts": len(parts), "plan": asdict(plan_), "tuned": tuned}
+    summary = {
+        "count": len(index),
+        "parts": len(parts),
+        "workers": cfg.workers,
+        "index": index.key,
+        "plan": asdict(plan_),
+        "search_defaults": dict(index.search_defaults),
+        "tuned": tuned,
+    }
     return {**summary, "out": str(Path(cfg.out))}

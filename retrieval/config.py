@@ -29,6 +29,13 @@ class EmbedConfig:
         workers: Decoding processes (torch DataLoader workers); 0 = decode in the main process.
         part_size: Audio files per part (the unit of resumption); every shard is one part.
         max_parts: Stop after finishing this many parts (null = all).
+        engine: ``local`` (this process and its decoding workers) or ``ray`` (Ray Data over a cluster: decode
+            tasks and inference actors; needs the ``scale`` extra). Both write the same parts.
+        address: Ray cluster to join (``auto``: the one running on this machine, or ``ray://host:10001``);
+            null starts a local one for the run (dashboard off).
+        ray_cpus: CPUs of the local cluster started when no address is given (null = all of this machine).
+        ray_actors: Inference actors (null = one per GPU of the cluster with a cuda device, else one).
+        ray_cpus_per_actor: CPUs reserved by each inference actor (its torch threads).
     """
 
     inputs: list[str] = field(default_factory=list)
@@ -42,6 +49,11 @@ class EmbedConfig:
     workers: int = 2
     part_size: int = 1024
     max_parts: int | None = None
+    engine: Literal["local", "ray"] = "local"
+    address: str | None = None
+    ray_cpus: int | None = None
+    ray_actors: int | None = None
+    ray_cpus_per_actor: float = 1.0
 
 
 @dataclass
@@ -52,12 +64,15 @@ class BuildConfig:
         parts: Folder written by ``retrieval embed``.
         out: Index folder (replaced atomically).
         index: auto | flat | hnsw | ivf-flat | ivf-pq | a faiss index_factory string.
-        memory_budget: For auto: memory the index may use (e.g. 8GiB).
+        memory_budget: For auto: memory the index may use (e.g. 8GiB; also ``--max_memory``).
         train_size: IVF training sample size (null = 40 vectors per list, at least 10k with PQ).
         nprobe: Default IVF lists visited per query (null = tuned to target_recall).
         ef_search: Default HNSW search breadth (null = tuned to target_recall).
         target_recall: Recall@10 the tuned defaults reach on 256 sampled windows (null = no tuning).
+        max_query_ms: Tune within this query time (ms per query, batched; null = no bound): autofaiss's
+            query-time bound next to ``target_recall``.
         allow_partial: Build from the finished parts even if some are missing.
+        workers: Processes that add the parts (their partial indexes merged in part order; HNSW: 1).
         seed: Training-sample seed.
     """
 
@@ -69,7 +84,9 @@ class BuildConfig:
     nprobe: int | None = None
     ef_search: int | None = None
     target_recall: float | None = 0.95
+    max_query_ms: float | None = None
     allow_partial: bool = False
+    workers: int = 1
     seed: int = 0
 
 

@@ -1,8 +1,9 @@
 """Resumable batch embedding of a large collection (folders of audio files or WebDataset shards).
 
-The collection is split into parts (``part_size`` files, or one shard each). DataLoader worker processes
-decode and resample clips; the main process cuts them into windows and embeds them in batches. Each
-finished part is written as::
+The collection is split into parts (``part_size`` files, or one shard each). With the ``local`` engine,
+DataLoader worker processes decode and resample clips; the main process cuts them into windows and embeds
+them in batches. The ``ray`` engine (``retrieval.ray_engine``) runs the same steps as Ray Data tasks and
+actors over a cluster. Either way, each finished part is written as::
 
     part-00000.npy        [windows, D] float32 embeddings
     part-00000.jsonl      one metadata line per window (path, member, start, end, duration, captions, …)
@@ -169,6 +170,8 @@ def embed_collection(cfg: EmbedConfig, model=None) -> dict[str, Any]:
     files, shards = expand_inputs(cfg.inputs)
     if not files and not shards:
         raise ValueError(f"embed: no audio files or .tar shards in {cfg.inputs}")
+    if cfg.engine not in ("local", "ray"):
+        raise ValueError(f"engine {cfg.engine!r}: valid engines are local, ray")
     if cfg.precision not in _DTYPES:
         raise ValueError(f"precision {cfg.precision!r}: valid values are fp32 (null), bf16, fp16")
     if model is None:
@@ -213,7 +216,11 @@ def embed_collection(cfg: EmbedConfig, model=None) -> dict[str, Any]:
         todo = todo[: cfg.max_parts]
     summary.update(clips=0, windows=0, skipped=0)
     start = time.perf_counter()
-    if todo:
+    if todo and cfg.engine == "ray":
+        from retrieval.ray_engine import run_ray
+
+        run_ray(cfg, model, todo, out, summary, window, hop)
+    elif todo:
         _run(cfg, model, todo, out, summary, window, hop)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return summary

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clapkit.audio import load_audio
 from clapkit.index import AudioIndex
+from clapkit.index.sharded import IndexShards
 from clapkit.index.sources import read_member
 from retrieval.config import ServeConfig
 
@@ -78,8 +79,9 @@ def _parse_index_arg(spec: str) -> tuple[str, Path]:
     return name, Path(folder)
 
 
-def load_indices(cfg: ServeConfig) -> dict[str, AudioIndex]:
-    """Open every ``cfg.indices`` folder read-only and load each distinct model once.
+def load_indices(cfg: ServeConfig) -> dict[str, AudioIndex | IndexShards]:
+    """Open every ``cfg.indices`` folder read-only and load each distinct model once. ``NAME=DIR1,DIR2,…``
+    serves the folders as one index (the shards of one collection, ``IndexShards``: merged top-k).
 
     Raises:
         ValueError: no indices, a duplicate name, a folder that is not an index, or a model mismatch.
@@ -88,13 +90,17 @@ def load_indices(cfg: ServeConfig) -> dict[str, AudioIndex]:
         raise ValueError("serve: give at least one index folder (--index DIR or `indices:` in the config)")
     from clapkit.factory import load
 
-    out: dict[str, AudioIndex] = {}
+    out: dict[str, AudioIndex | IndexShards] = {}
     models: dict[tuple[str, str], Any] = {}
     for spec in cfg.indices:
         name, folder = _parse_index_arg(spec)
         if name in out:
             raise ValueError(f"index name {name!r} given twice; name them with NAME=FOLDER")
-        index = AudioIndex.load(folder, read_only=True)
+        folders = [f for f in str(folder).split(",") if f]
+        if len(folders) > 1:
+            index: AudioIndex | IndexShards = IndexShards.load(folders, read_only=True)
+        else:
+            index = AudioIndex.load(folder, read_only=True)
         info = index.model_info
         if info is not None:
             key = (info.source, info.weights_sha256)
@@ -298,8 +304,11 @@ class _Searcher:
         for h in hits:
             d = h.to_dict()
             d["name"] = Path(h.member or h.path).name
-            d["audio_url"] = f"/audio/{h.id}?index={quote(name)}"
-            d["span_url"] = f"/audio/{h.id}?index={quote(name)}&span=true"
+            where = f"index={quote(name)}"
+            if "shard" in h.fields:
+                where += f"&shard={quote(h.fields['shard'])}"
+            d["audio_url"] = f"/audio/{h.id}?{where}"
+            d["span_url"] = f"/audio/{h.id}?{where}&span=true"
             results.append(d)
         kind = "text" if req.text is not None else "embedding" if req.embedding is not None else "audio"
         took = round((time.perf_counter() - start) * 1000, 2)
@@ -357,8 +366,8 @@ def _span_wav(source: str | io.BytesIO, start: float, end: float | None) -> byte
     return out.getvalue()
 
 
-def create_app(indices: dict[str, AudioIndex], cfg: ServeConfig | None = None) -> FastAPI:
-    """The FastAPI app over already loaded indices (name → index, models attached)."""
+def create_app(indices: dict[str, AudioIndex | IndexShards], cfg: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI app over already loaded indices (name → index or ``IndexShards``, models attached)."""
     cfg = cfg or ServeConfig()
     if not indices:
         raise ValueError("create_app: no indices")
@@ -380,10 +389,17 @@ def create_app(indices: dict[str, AudioIndex], cfg: ServeConfig | None = None) -
             raise HTTPException(422, str(err)) from None
 
     @app.get("/audio/{item_id}")
-    def audio(item_id: int, index: str | None = None, span: bool = Query(False)) -> Response:
-        """Stream the recording of an indexed window (``span=true``: only the window, as WAV)."""
+    def audio(item_id: int, index: str | None = None, span: bool = Query(False), shard: str | None = None) -> Response:
+        """Stream the recording of an indexed window (``span=true``: only the window, as WAV); ids of a sharded
+        index are per shard (``shard``, as in the hit's ``audio_url``)."""
         _, idx = searcher.index(index)
-        entry = idx.get([item_id])[0]
+        if isinstance(idx, IndexShards):
+            try:
+                entry = idx.get([item_id], shard)[0]
+            except ValueError as err:
+                raise HTTPException(404, str(err)) from None
+        else:
+            entry = idx.get([item_id])[0]
         if entry is None:
             raise HTTPException(404, f"no item {item_id} in this index")
         try:

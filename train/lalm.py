@@ -400,9 +400,11 @@ class LalmDataModule(pl.LightningDataModule):
     def _reader(self, shards: Any, train: bool, batch_size: int | None, resampled: bool) -> ConversationReader:
         model, h = self._model(), self.hparams
         collator = model.collator() if batch_size else None
+        # Validation is not split across ranks: each rank takes every batch, so they all log the same number
+        # of steps and the loss's reduction over ranks cannot wait on a rank that got no shard.
         return ConversationReader(
             shards, model.sample_rate, collator=collator, batch_size=batch_size or 1, train=train,
-            resampled=resampled, shuffle_buffer=h.shuffle_buffer, seed=h.seed,
+            resampled=resampled, shuffle_buffer=h.shuffle_buffer, seed=h.seed, split_ranks=train,
         )  # fmt: skip
 
     def _loader(self, dataset: IterableDataset) -> DataLoader:

@@ -323,6 +323,52 @@ class AudioIndex:
             self._db.commit()
         return ids
 
+    def empty_layout(self) -> bytes:
+        """The fixed, trained and still empty FAISS layout, serialized: what a worker process adds a share of
+        the vectors to before ``merge_partial`` (``clapkit.index.sharded``)."""
+        with self._lock:
+            if self._faiss is None or not self._faiss.is_trained:
+                raise ValueError("the layout is not fixed and trained yet; prepare(n) and train() first")
+            if self._faiss.ntotal:
+                raise ValueError(f"the index already holds {self._faiss.ntotal} vectors; a layout copy must be empty")
+            if self._kind == "hnsw":
+                raise ValueError("HNSW graphs cannot be merged; add their vectors in one process")
+            data = faiss.serialize_index(self._faiss)
+            # The copies come back as FAISS's reader builds them (IndexFlatIP, not IndexFlat with an IP metric, say);
+            # merge_from wants the same classes on both sides, so this index becomes such a copy too.
+            self._faiss = faiss.deserialize_index(data)
+            return data.tobytes()
+
+    def merge_partial(self, partial: faiss.Index, ids: np.ndarray, entries: Sequence[Entry | dict[str, Any]]) -> None:
+        """Move the vectors of ``partial`` — a copy of ``empty_layout()`` holding ``ids`` (the next ids in
+        order: ``len(self)`` onwards) — into this index, with their metadata. ``partial`` is left empty.
+
+        Raises:
+            ValueError: ids out of order, a count that differs from the entries, or another layout.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = [Entry.coerce(e, "metadata") for e in entries]
+        with self._lock:
+            expected = np.arange(self._next_id, self._next_id + len(ids), dtype=np.int64)
+            if len(rows) != len(ids) or partial.ntotal != len(ids) or not np.array_equal(ids, expected):
+                raise ValueError(
+                    f"partial index: {partial.ntotal} vectors, {len(ids)} ids and {len(rows)} entries; "
+                    f"expected the ids {self._next_id}..{self._next_id + len(ids) - 1} in order, one entry each"
+                )
+            if self.read_only:
+                raise ValueError("this index was loaded read-only; load it with read_only=False to add to it")
+            if partial.d != self.dim or type(partial) is not type(self._faiss):
+                raise ValueError(f"partial index: {type(partial).__name__} of dim {partial.d} is not this layout")
+            try:
+                self._db.insert(ids, rows)
+                self._faiss.merge_from(partial, 0)  # 0: keep the partial's ids
+            except BaseException:
+                self._db.rollback()
+                self._drop_vectors(ids)
+                raise
+            self._next_id += len(ids)
+            self._db.commit()
+
     def add_audio(
         self,
         sources: Sequence[AudioSource],
@@ -451,18 +497,25 @@ class AudioIndex:
             scores = -scores
         return scores, ids
 
-    def tune(self, queries: np.ndarray | torch.Tensor, *, target_recall: float = 0.95, k: int = 10) -> dict:
+    def tune(
+        self,
+        queries: np.ndarray | torch.Tensor,
+        *,
+        target_recall: float = 0.95,
+        k: int = 10,
+        max_query_ms: float | None = None,
+    ) -> dict:
         """Set the default ``nprobe`` (IVF) or ``ef_search`` (HNSW) to the cheapest setting whose recall@k
         reaches ``target_recall`` on ``queries`` [Q, D] (e.g. a sample of the indexed embeddings), as
-        autofaiss tunes its search parameters.
+        autofaiss tunes its search parameters; with ``max_query_ms``, among the settings whose batched search
+        takes at most that long per query (``layout.cheapest_setting``).
 
         Recall is measured against an exhaustive search of the same index: all lists for IVF (exact for
         IVF-Flat, the best the codes allow for IVF-PQ), a brute-force scan of the stored vectors for HNSW.
         Other layouts have nothing to tune.
 
         Returns:
-            ``{"param", "value", "recall"}`` of the chosen setting (the largest tried if none reaches the
-            target), or ``{}``.
+            ``{"param", "value", "recall", "ms_per_query", "met"}`` of the chosen setting, or ``{}``.
         """
         if self._faiss is None or self._faiss.ntotal == 0 or self._kind not in ("ivf", "hnsw"):
             return {}
@@ -473,9 +526,11 @@ class AudioIndex:
         else:
             name, ladder = "ef_search", EF_SEARCH_LADDER
             truth = exact_graph_ids(self._faiss, q, k, self._tombstones)
-        value, recall = cheapest_setting(lambda v: self.knn(q, k, **{name: v})[1], truth, ladder, target_recall)
-        self.search_defaults[name] = value
-        return {"param": name, "value": value, "recall": recall}
+        chosen = cheapest_setting(
+            lambda v: self.knn(q, k, **{name: v})[1], truth, ladder, target_recall, max_query_ms=max_query_ms
+        )
+        self.search_defaults[name] = chosen["value"]
+        return {"param": name, **chosen}
 
     def search(
         self,
@@ -503,18 +558,27 @@ class AudioIndex:
         given = [name for name, v in (("text", text), ("audio", audio), ("embedding", embedding)) if v is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of text=, audio=, embedding= (got {', '.join(given) or 'none'})")
-        if text is not None:
-            queries = self._require_model().embed_text([text] if isinstance(text, str) else list(text))
-        elif audio is not None:
-            single = isinstance(audio, (str, os.PathLike, bytes, np.ndarray, torch.Tensor, tuple)) or hasattr(
-                audio, "read"
-            )
-            sources = [audio] if single else list(audio)
-            queries = self._require_model().embed_audio(sources, sample_rate=sample_rate)
-        else:
-            queries = embedding
+        queries = (
+            embedding if embedding is not None else self.embed_queries(text=text, audio=audio, sample_rate=sample_rate)
+        )
         scores, ids = self.knn(queries, k, nprobe=nprobe, ef_search=ef_search)
         return self._hits(scores, ids)
+
+    def embed_queries(
+        self,
+        *,
+        text: str | Sequence[str] | None = None,
+        audio: AudioSource | Sequence[AudioSource] | None = None,
+        sample_rate: int | None = None,
+    ) -> torch.Tensor:
+        """Text or audio queries embedded with the attached model → [Q, D] (what ``search`` looks up)."""
+        if (text is None) == (audio is None):
+            raise ValueError("give exactly one of text=, audio=")
+        if text is not None:
+            return self._require_model().embed_text([text] if isinstance(text, str) else list(text))
+        single = isinstance(audio, (str, os.PathLike, bytes, np.ndarray, torch.Tensor, tuple)) or hasattr(audio, "read")
+        sources = [audio] if single else list(audio)
+        return self._require_model().embed_audio(sources, sample_rate=sample_rate)
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
         found = self._db.fetch(ids.reshape(-1).tolist())

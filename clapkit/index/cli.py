@@ -78,7 +78,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     if (args.text is None) == (args.audio is None):
         raise ValueError('give a text query or --audio FILE (not both), e.g. clapkit search DIR "a dog barking"')
-    index = AudioIndex.load(args.index, read_only=True)
+    folders = [f for f in str(args.index).split(",") if f]
+    if len(folders) > 1:
+        from clapkit.index.sharded import IndexShards
+
+        index = IndexShards.load(folders, read_only=True)
+    else:
+        index = AudioIndex.load(args.index, read_only=True)
     if args.model:
         index.attach(load_model(args.model, device=args.device))
     else:
@@ -93,7 +99,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         where = f"{h.path}#{h.member}" if h.member else h.path
         span = f"{h.start:.2f}-{h.end:.2f} s" if h.end is not None else f"{h.start:.2f} s-"
         extra = "; ".join(h.captions[:1] + ([", ".join(h.labels)] if h.labels else []))
-        print(f"{rank:3d}  {h.score:.4f}  {where}  [{span}]{'  ' + extra if extra else ''}")
+        shard = f"{h.fields['shard']}:" if "shard" in h.fields else ""
+        print(f"{rank:3d}  {h.score:.4f}  {shard}{where}  [{span}]{'  ' + extra if extra else ''}")
     return 0
 
 
@@ -157,9 +164,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="query an index by text or by an audio clip",
         description='Search an index folder: `clapkit search DIR "a dog barking" -k 10` or '
         "`clapkit search DIR --audio query.wav`. The model named in the index manifest (or stored in the index "
-        "folder by `index build --allow-untrained`) is loaded unless --model is given; a different model is refused.",
+        "folder by `index build --allow-untrained`) is loaded unless --model is given; a different model is refused. "
+        "DIR1,DIR2,… searches several index folders of one collection (shards) and merges their top-k.",
     )
-    s.add_argument("index", type=Path, help="index folder written by `clapkit index build`")
+    s.add_argument(
+        "index", help="index folder written by `clapkit index build` (or DIR1,DIR2,…: shards searched as one)"
+    )
     s.add_argument("text", nargs="?", help="text query")
     s.add_argument("--audio", help="query by this audio file instead (audio → audio similarity)")
     s.add_argument("-k", type=int, default=10, help="number of hits (default 10)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -247,14 +248,38 @@ def nprobe_ladder(nlist: int) -> list[int]:
 
 
 def cheapest_setting(
-    search: Callable[[int], np.ndarray], truth: np.ndarray, ladder: Sequence[int], target_recall: float
-) -> tuple[int, float]:
+    search: Callable[[int], np.ndarray],
+    truth: np.ndarray,
+    ladder: Sequence[int],
+    target_recall: float,
+    max_query_ms: float | None = None,
+) -> dict[str, Any]:
     """The first (cheapest) value of ``ladder`` whose ids [Q, k] from ``search(value)`` reach ``target_recall``
-    against ``truth`` [Q, k] (recall@k; -1 ids never count), or the last value tried with its recall."""
-    k = truth.shape[1]
+    against ``truth`` [Q, k] (recall@k; -1 ids never count).
+
+    With ``max_query_ms`` (autofaiss's query-time bound) the settings are also timed (wall time of the batched
+    search / Q) and only those within the bound count; when none reaches the target within it, the most
+    accurate one that fits is chosen (the cheapest value when none fits).
+
+    Returns:
+        ``{"value", "recall", "ms_per_query", "met"}``: ``met`` says whether both bounds hold.
+    """
+    k, q = truth.shape[1], max(1, len(truth))
+    best: dict[str, Any] | None = None
     for value in ladder:
+        start = time.perf_counter()
         ids = search(value)
+        ms = 1000 * (time.perf_counter() - start) / q
         recall = float(np.mean([len(set(a) & set(b) - {-1}) / k for a, b in zip(ids, truth)]))
-        if recall >= target_recall:
-            break
-    return value, recall
+        fits = max_query_ms is None or ms <= max_query_ms
+        here = {"value": value, "recall": recall, "ms_per_query": round(ms, 4), "met": fits and recall >= target_recall}
+        if here["met"]:
+            return here
+        if best is None or (fits and (not best["fits"] or recall > best["recall"])):
+            best = {**here, "fits": fits}
+        if max_query_ms is not None and not fits:
+            break  # a larger value only costs more
+        if max_query_ms is None:
+            best = {**here, "fits": True}  # the last value tried, as without a bound
+    best.pop("fits")
+    return best

@@ -335,6 +335,9 @@ class ConversationReader(IterableDataset):
         shuffle_buffer: Conversations held for shuffling per worker.
         seed: Base seed.
         stats: Counters to add to.
+        split_ranks: Split the shards across ranks (DDP). ``False``: every rank reads all of them (validation:
+            each rank then takes the same steps, so the epoch-end reduction of the logged loss cannot stall on a
+            rank that got fewer shards or none).
     """
 
     def __init__(
@@ -349,9 +352,11 @@ class ConversationReader(IterableDataset):
         shuffle_buffer: int = 500,
         seed: int = 0,
         stats: ReaderStats | None = None,
+        split_ranks: bool = True,
     ) -> None:
         super().__init__()
         self.urls, _ = resolve_shards(shards)
+        self.split_ranks = split_ranks
         self.collator, self.batch_size, self.sample_rate = collator, batch_size, sample_rate
         self.train, self.resampled, self.shuffle_buffer, self.seed = train, resampled, shuffle_buffer, seed
         self.stats = stats or ReaderStats()
@@ -368,7 +373,8 @@ class ConversationReader(IterableDataset):
             stages: list[Any] = [wds.ResampledShards(self.urls, seed=shared, deterministic=True)]
         else:
             seed = shared if self.train else None
-            stages = [wds.SimpleShardList(self.urls, seed=seed), wds.split_by_node, wds.split_by_worker]
+            stages = [wds.SimpleShardList(self.urls, seed=seed)]
+            stages += [wds.split_by_node, wds.split_by_worker] if self.split_ranks else [wds.split_by_worker]
         stages.append(wds.tarfile_to_samples(handler=self._shard_error))
         if self.train and self.shuffle_buffer > 1:
             rng = random.Random(wds.utils.make_seed(self.seed, epoch, rank, worker))

@@ -56,3 +56,28 @@ class RecordBatches(pl.Callback):
         record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "keys": list(batch["keys"])}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class RecordRank(pl.Callback):
+    """Write each rank's place in the world and its trainable weights' sum to ``<folder>/rank<N>.json`` (any app)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        trainable = [p for p in pl_module.parameters() if p.requires_grad]
+        record = {
+            "rank": trainer.global_rank,
+            "node_rank": trainer.node_rank,
+            "num_nodes": trainer.num_nodes,
+            "world_size": trainer.world_size,
+            "batches": self.batches,
+            "global_step": trainer.global_step,
+            "trainable_sum": sum(float(p.detach().double().sum()) for p in trainable),
+        }
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
