@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "clapkit.index.cli",
     "clapkit.convert.cli",
     "clapkit.lalm.cli",
+    "clapkit.compose.cli",
 ]
 
 

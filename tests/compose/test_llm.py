@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -146,3 +147,42 @@ def test_real_causal_lm_generates_validates_and_caches(tmp_path):
         LLMCaptionWriter(model, tokenizer, model_id="tiny", cache=writer.cache, max_new_tokens=12).negatives(CAPTION)
         == negatives
     )
+
+
+def test_cli_adds_validated_llm_captions_to_a_listing(tmp_path, monkeypatch, capsys):
+    from clapkit import cli
+
+    fake = FakeLM()
+    made: list[LLMCaptionWriter] = []
+
+    def smollm2(device=None, **kwargs):  # the packaged model's loader, replaced by the fake LM with the CLI's options
+        made.append(LLMCaptionWriter(complete=fake, model_id="fake", **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(LLMCaptionWriter, "smollm2", staticmethod(smollm2))
+    listing = tmp_path / "clips.jsonl"
+    rows = [
+        {"audio": "a.wav", "captions": [CAPTION], "negatives": ["silence"]},
+        {"audio": "b.wav", "caption": "A bell rings, then a dog barks."},
+    ]
+    listing.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, cache = tmp_path / "out.jsonl", tmp_path / "cache.sqlite"
+    argv = ["llm-captions", str(listing), "--kind", "negatives", "--out", str(out), "--cache", str(cache)]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    # Kept: what validation passes, after the record's own negatives; the echo of the input is dropped.
+    assert written[0]["negatives"] == ["silence", "A car horn honks followed by a dog barks."]
+    assert written[0]["audio"] == "a.wav" and written[0]["captions"] == [CAPTION]
+    assert summary["generated"] == 2 and summary["added"] == sum(len(r["negatives"]) for r in written) - 1
+    assert len(fake.prompts) == 2
+    # Rerun: every completion comes from the cache.
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["cached"] == 2 and len(fake.prompts) == 2
+    # A broken listing is refused, naming the line; nothing is written.
+    listing.write_text(json.dumps(rows[0]) + "\n{not json\n")
+    out.unlink()
+    assert cli.main([*argv[:1], str(listing), *argv[2:]]) == 2
+    assert f"{listing}:2: not valid JSON" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "empty.txt").write_text("\n")
+    assert cli.main(["llm-captions", str(tmp_path / "empty.txt"), "--out", str(out)]) == 2
