@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clapkit.audio import load_audio
 from clapkit.index import AudioIndex
-from clapkit.index.sharded import IndexShards
+from clapkit.index.sharded import IndexShards, open_index
 from clapkit.index.sources import read_member
 from retrieval.config import ServeConfig
 
@@ -96,11 +96,7 @@ def load_indices(cfg: ServeConfig) -> dict[str, AudioIndex | IndexShards]:
         name, folder = _parse_index_arg(spec)
         if name in out:
             raise ValueError(f"index name {name!r} given twice; name them with NAME=FOLDER")
-        folders = [f for f in str(folder).split(",") if f]
-        if len(folders) > 1:
-            index: AudioIndex | IndexShards = IndexShards.load(folders, read_only=True)
-        else:
-            index = AudioIndex.load(folder, read_only=True)
+        index = open_index(folder, read_only=True)
         info = index.model_info
         if info is not None:
             key = (info.source, info.weights_sha256)

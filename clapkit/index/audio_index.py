@@ -55,6 +55,13 @@ __all__ = ["AudioIndex"]
 _ADD_CHUNK = 65_536
 
 
+def check_one_query(text: Any, audio: Any, embedding: Any) -> None:
+    """Refuse a search that gives not exactly one of ``text=``, ``audio=``, ``embedding=``."""
+    given = [name for name, v in (("text", text), ("audio", audio), ("embedding", embedding)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of text=, audio=, embedding= (got {', '.join(given) or 'none'})")
+
+
 class AudioIndex:
     """FAISS vectors + SQLite metadata for audio search by text, by audio, or by embedding.
 
@@ -555,9 +562,7 @@ class AudioIndex:
         Returns:
             [Q][≤ k] hits, best first.
         """
-        given = [name for name, v in (("text", text), ("audio", audio), ("embedding", embedding)) if v is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of text=, audio=, embedding= (got {', '.join(given) or 'none'})")
+        check_one_query(text, audio, embedding)
         queries = (
             embedding if embedding is not None else self.embed_queries(text=text, audio=audio, sample_rate=sample_rate)
         )

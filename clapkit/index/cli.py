@@ -74,17 +74,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from clapkit.cli_helpers import load_model
-    from clapkit.index import AudioIndex
+    from clapkit.index.sharded import open_index
 
     if (args.text is None) == (args.audio is None):
         raise ValueError('give a text query or --audio FILE (not both), e.g. clapkit search DIR "a dog barking"')
-    folders = [f for f in str(args.index).split(",") if f]
-    if len(folders) > 1:
-        from clapkit.index.sharded import IndexShards
-
-        index = IndexShards.load(folders, read_only=True)
-    else:
-        index = AudioIndex.load(args.index, read_only=True)
+    index = open_index(args.index, read_only=True)
     if args.model:
         index.attach(load_model(args.model, device=args.device))
     else:

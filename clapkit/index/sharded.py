@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from clapkit.audio import AudioSource
-from clapkit.index.audio_index import AudioIndex
+from clapkit.index.audio_index import AudioIndex, check_one_query
 from clapkit.index.records import Hit
 from clapkit.progress import progress_bar
 
-__all__ = ["IndexShards", "PartFiles", "add_parts", "part_groups"]
+__all__ = ["IndexShards", "PartFiles", "add_parts", "open_index", "part_groups"]
 
 
 @dataclass(frozen=True)
@@ -226,9 +226,7 @@ class IndexShards:
         ef_search: int | None = None,
     ) -> list[list[Hit]]:
         """As ``AudioIndex.search``, over every shard: the best ``k`` hits of all shards per query."""
-        given = [name for name, v in (("text", text), ("audio", audio), ("embedding", embedding)) if v is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of text=, audio=, embedding= (got {', '.join(given) or 'none'})")
+        check_one_query(text, audio, embedding)
         first = next(iter(self.shards.values()))
         if embedding is None:
             embedding = first.embed_queries(text=text, audio=audio, sample_rate=sample_rate)
@@ -244,3 +242,12 @@ class IndexShards:
             ]
             merged.append(sorted(hits, key=lambda h: -h.score)[:k])  # stable: ties keep shard order
         return merged
+
+
+def open_index(spec: str | os.PathLike, **kwargs: Any) -> AudioIndex | IndexShards:
+    """``DIR`` → ``AudioIndex.load(DIR)``; ``DIR1,DIR2,…`` → the folders as one ``IndexShards`` (the form the
+    ``clapkit search`` argument and the service's ``--index NAME=…`` take). ``AudioIndex.load`` kwargs apply."""
+    folders = [f for f in str(spec).split(",") if f]
+    if len(folders) > 1:
+        return IndexShards.load(folders, **kwargs)
+    return AudioIndex.load(spec, **kwargs)

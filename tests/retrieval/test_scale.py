@@ -203,7 +203,7 @@ def test_shards_searched_as_one_equal_one_index(tmp_path):
         assert all(many.get([h.id], shard_of[h.path])[0].path == h.path for h in a)
 
 
-def test_shards_of_different_models_are_refused(index_dir, tmp_path):
+def test_shards_of_another_width_are_refused(index_dir, tmp_path):
     other = AudioIndex(16, index="flat")
     other.add_embeddings(np.eye(16, dtype=np.float32))
     with pytest.raises(ValueError, match="dim 16"):
