@@ -23,7 +23,7 @@ from clapkit.evaluate.zeroshot import LabelledAudio
 from clapkit.model import ClapModel
 from demo.config import DemoConfig
 from demo.datasets import CLASS_MAPS, DATASETS, class_map_fingerprint
-from demo.runner import StepRunner, fingerprint
+from clapkit.steps import StepRunner, fingerprint
 
 __all__ = ["Workspace", "build_dataset"]
 

@@ -15,7 +15,7 @@ runs: the encoder's ``audio_sequence`` is its head over the stored frames (``aud
 to the model as ``audio_features``. Stage 1 checks that path against the live one (waveform → aisfx → head →
 projector) on a few held-out clips.
 
-Each stage is a reusable demo step (``demo.runner.StepRunner.step``: a fingerprint and a ``.done.json`` under
+Each stage is a reusable demo step (``clapkit.steps.StepRunner.step``: a fingerprint and a ``.done.json`` under
 ``out_dir/lalm``). :class:`LalmRunner` holds the stages over plain in-memory data (``demo.lalm_qa.LalmData``), so
 they run on any encoder and LLM (the tests use a tiny encoder and a random Llama).
 """
@@ -62,7 +62,7 @@ from demo.lalm_qa import (
     stage1_items,
     stage2_items,
 )
-from demo.runner import StepRunner, fingerprint
+from clapkit.steps import StepRunner, fingerprint
 from train.callbacks import progress_bars_for_logs
 from train.lalm import LalmModule, build_lalm
 from train.optim import OptimConfig

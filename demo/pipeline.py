@@ -31,7 +31,7 @@ from demo.data import Workspace, build_dataset
 from demo.evaluation import check_stored_features, evaluate
 from demo.features import make_features, make_shards
 from demo.lalm import run_lalm
-from demo.runner import StepRunner, cpu_seconds, since
+from clapkit.steps import StepRunner, cpu_seconds, since
 from demo.scenes import make_benchmark, make_scenes
 from demo.search import search
 from demo.training import arm_fingerprint, fit, train_arms

@@ -27,7 +27,7 @@ from clapkit.compose.benchmark import (
 from clapkit.compose.scenes import SceneComposer
 from clapkit.io import atomic_write_text
 from demo.data import Workspace
-from demo.runner import StepRunner, fingerprint
+from clapkit.steps import StepRunner, fingerprint
 
 __all__ = ["make_benchmark", "make_scenes"]
 

@@ -19,7 +19,7 @@ from clapkit.cache import FeatureStore
 from clapkit.model import ClapModel
 from demo.data import Workspace
 from demo.features import TrainSample, train_samples
-from demo.runner import StepRunner, fingerprint
+from clapkit.steps import StepRunner, fingerprint
 from train.callbacks import progress_bars_for_logs
 from train.clap import ClapModule
 from train.optim import OptimConfig, ParamGroup

@@ -6,13 +6,14 @@ import importlib
 import sys
 
 #: App name → module defining ``main(args: list[str]) -> None`` (its LightningCLI).
-APPS: dict[str, str] = {"clap": "train.clap", "lalm": "train.lalm"}
+APPS: dict[str, str] = {"clap": "train.clap", "lalm": "train.lalm", "recipe": "train.recipes.cli"}
 
 USAGE = """usage: python -m train APP [SUBCOMMAND] [-c CONFIG.yaml] [--section.key value ...]
 
 apps:
   clap   contrastive audio-text training (configs/clap/*.yaml)
   lalm   audio-language model training (configs/lalm/*.yaml)
+  recipe a seed system's recipe end to end, stage after stage (configs/recipes/NAME/SCALE.yaml)
 
 Each app is a LightningCLI: `python -m train clap fit --help` lists every option, and
 `python -m train clap fit -c configs/clap/vanilla.yaml --print_config` shows the resolved config.
@@ -39,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             f"python -m train: app {app!r} is not installed in this checkout ({APPS[app]} is missing)", file=sys.stderr
         )
         return 2
-    module.main(rest)
-    return 0
+    code = module.main(rest)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

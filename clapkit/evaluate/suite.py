@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from clapkit.cache import FeatureStore, embed_audio_features, embed_text_features
 from clapkit.evaluate.compositional import CompositionalItem, compositional_scores
@@ -34,6 +35,7 @@ __all__ = [
     "COMPARISON_METRICS",
     "EvalSets",
     "comparison_rows",
+    "evaluate_model",
     "evaluate_stored",
     "format_comparison",
     "save_comparison_chart",
@@ -94,16 +96,64 @@ def evaluate_stored(
         the same on the cross-source clips, "retrieval": retrieval_metrics + chance_<metric> per R@k,
         <benchmark name>: compositional_scores}`` for the sets given.
     """
+    return _evaluate(
+        model,
+        sets,
+        lambda keys: embed_audio_features(model, audio, keys),
+        lambda texts: embed_text_features(model, text, texts),
+        templates,
+    )
+
+
+def evaluate_model(
+    model: ClapModel,
+    sets: EvalSets,
+    *,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, dict]:
+    """``evaluate_stored``'s metrics with the whole model: the sets name audio files (any towers, frozen or not).
+    Each distinct file and caption is embedded once across the sets."""
+    audio_cache: dict[str, np.ndarray] = {}
+    text_cache: dict[str, np.ndarray] = {}
+
+    def cached(items: Sequence[str], cache: dict[str, np.ndarray], embed: Callable[[list[str]], np.ndarray]):
+        todo = [x for x in dict.fromkeys(items) if x not in cache]
+        if todo:
+            cache.update(zip(todo, np.asarray(embed(todo))))
+        return np.stack([cache[x] for x in items])
+
+    def audio(paths: Sequence[str]) -> np.ndarray:
+        return cached(paths, audio_cache, lambda x: model.embed_audio(x, batch_size=batch_size, progress=progress))
+
+    def text(texts: Sequence[str]) -> np.ndarray:
+        return cached(texts, text_cache, lambda x: model.embed_text(x, progress=progress))
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return _evaluate(model, sets, audio, text, templates)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate(
+    model: ClapModel,
+    sets: EvalSets,
+    embed_audio: Callable[[Sequence[str]], np.ndarray],
+    embed_text: Callable[[Sequence[str]], np.ndarray],
+    templates: Sequence[str],
+) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for name in ("zeroshot", "zeroshot_cross_source"):
         data = getattr(sets, name)
         if data is not None:
-            out[name] = _zeroshot_stored(model, audio, data, templates)
+            out[name] = _zeroshot(model, embed_audio(data.paths), data, templates)
     if sets.retrieval is not None:
         data = sets.retrieval
-        audio_emb = embed_audio_features(model, audio, data.audio)
-        text_emb = embed_text_features(model, text, data.captions)
-        metrics = retrieval_metrics(audio_emb, text_emb, data.caption_audio)
+        metrics = retrieval_metrics(embed_audio(data.audio), embed_text(data.captions), data.caption_audio)
         n_audio, n_text = len(data.audio), len(data.captions)
         per_clip = n_text / n_audio
         for k in KS:
@@ -116,8 +166,7 @@ def evaluate_stored(
     for name, items in sets.compositional.items():
         files = list(dict.fromkeys(a for it in items for a in it.audio))
         texts = list(dict.fromkeys(c for it in items for c in it.captions))
-        audio_emb = embed_audio_features(model, audio, files)
-        text_emb = embed_text_features(model, text, texts)
+        audio_emb, text_emb = embed_audio(files), embed_text(texts)
         fi = {f: i for i, f in enumerate(files)}
         ti = {t: i for i, t in enumerate(texts)}
         blocks = [text_emb[[ti[c] for c in it.captions]] @ audio_emb[[fi[a] for a in it.audio]].T for it in items]
@@ -125,9 +174,9 @@ def evaluate_stored(
     return out
 
 
-def _zeroshot_stored(model: ClapModel, audio: FeatureStore, data: LabelledAudio, templates: Sequence[str]) -> dict:
-    """``classification_metrics`` of one labelled set on stored features, with chance levels and predictions."""
-    emb = embed_audio_features(model, audio, data.paths)
+def _zeroshot(model: ClapModel, emb: np.ndarray, data: LabelledAudio, templates: Sequence[str]) -> dict:
+    """``classification_metrics`` of one labelled set from its audio embeddings, with chance levels and
+    predictions."""
     result = zero_shot(model, emb, data.classes, templates=templates)
     metrics = classification_metrics(result.similarity, data.targets, data.classes)
     classes = len(data.classes)

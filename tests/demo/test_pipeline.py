@@ -17,7 +17,7 @@ from demo.__main__ import main
 from demo.config import load_config
 from demo.data import Workspace, build_dataset
 from demo.pipeline import OUT_MARKER, Demo, fresh_start
-from demo.runner import StepRunner
+from clapkit.steps import StepRunner
 from tests.conftest import TINY_OVERRIDES, TINY_RATE, tone
 
 CLASSES = {  # class → (label, how its clips sound)

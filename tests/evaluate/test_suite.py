@@ -52,3 +52,47 @@ def test_per_class_csv_has_the_described_columns_then_one_per_model(tmp_path) ->
     ]
     with pytest.raises(ValueError, match=r"columns \['infonce'\] are also model names"):
         save_per_class_csv(RESULTS, tmp_path / "x.csv", key="zeroshot", classes={"dog": {"infonce": 1}})
+
+
+def test_evaluate_model_matches_the_per_task_functions_and_embeds_each_file_once(tmp_path, tiny_model) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from clapkit.evaluate.compositional import CompositionalItem, evaluate_compositional
+    from clapkit.evaluate.retrieval import RetrievalSet, evaluate_retrieval
+    from clapkit.evaluate.suite import EvalSets, evaluate_model
+    from clapkit.evaluate.zeroshot import LabelledAudio, evaluate_zeroshot
+    from tests.conftest import TINY_RATE, tone
+
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"c{i}.wav"
+        sf.write(path, tone(300 + 200 * i, 0.8, TINY_RATE), TINY_RATE)
+        paths.append(str(path))
+    zeroshot = LabelledAudio(paths, np.array([0, 1, 0, 1, 0, 1]), ["low tone", "high tone"])
+    retrieval = RetrievalSet(paths[:4], [f"tone {i}" for i in range(4)], np.arange(4))
+    items = [CompositionalItem([f"a then b {i}", f"b then a {i}"], [paths[i], paths[i + 1]]) for i in (0, 2)]
+    sets = EvalSets(zeroshot=zeroshot, retrieval=retrieval, compositional={"compa_order": items})
+
+    calls: list[int] = []
+    embed = tiny_model.embed_audio
+
+    def counting(inputs, **kwargs):
+        calls.append(len(inputs))
+        return embed(inputs, **kwargs)
+
+    tiny_model.embed_audio = counting
+    try:
+        got = evaluate_model(tiny_model, sets)
+    finally:
+        del tiny_model.embed_audio
+    assert sum(calls) == 6  # three sets over six files: each embedded once
+    want_zs = evaluate_zeroshot(tiny_model, zeroshot)
+    assert got["zeroshot"]["top1"] == pytest.approx(want_zs["top1"])
+    assert got["zeroshot"]["chance_top1"] == 0.5 and len(got["zeroshot"]["predictions"]) == 6
+    want_rt = evaluate_retrieval(tiny_model, retrieval)
+    for key, value in want_rt.items():
+        assert got["retrieval"][key] == pytest.approx(value), key
+    assert got["retrieval"]["chance_text_to_audio_R@1"] == pytest.approx(0.25)
+    want_co = evaluate_compositional(tiny_model, items)
+    assert got["compa_order"] == pytest.approx(want_co)

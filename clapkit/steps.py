@@ -1,4 +1,4 @@
-"""The demo's step runner: fingerprints, reuse of finished steps, timings and the log.
+"""Resumable steps: fingerprints, reuse of finished steps, timings and the log (the demo's and the recipes').
 
 A step is a folder and a function that fills it. ``StepRunner.step`` runs the function unless the folder holds a
 ``.done.json`` marker written for the same fingerprint, in which case the recorded result is returned; a folder
@@ -20,10 +20,12 @@ from typing import Any
 
 from clapkit.io import atomic_write_json
 
-__all__ = ["DONE", "StepRunner", "cpu_seconds", "fingerprint", "since"]
+__all__ = ["DONE", "STARTED", "StepRunner", "cpu_seconds", "fingerprint", "since"]
 
 #: The marker a finished step leaves in its folder: ``{"fingerprint": …, "result": …}``.
 DONE = ".done.json"
+#: The marker a step leaves in its folder when it starts: ``{"fingerprint": …}`` (resumable steps go on from it).
+STARTED = ".started.json"
 
 
 def fingerprint(*parts: Any) -> str:
@@ -43,7 +45,7 @@ def since(wall: float, cpu: float) -> dict[str, float]:
 
 
 class StepRunner:
-    """Runs the demo's steps, each reused when its folder holds a finished result of the same fingerprint.
+    """Runs steps, each reused when its folder holds a finished result of the same fingerprint.
 
     Args:
         log: Where progress lines go.
@@ -71,8 +73,20 @@ class StepRunner:
         self._fingerprints[name] = fingerprint
         self.timings[name] = dict(timing)
 
-    def step(self, name: str, fingerprint: str, folder: Path, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def step(
+        self,
+        name: str,
+        fingerprint: str,
+        folder: Path,
+        run: Callable[[], dict[str, Any]],
+        *,
+        resumable: bool = False,
+    ) -> dict[str, Any]:
         """Run ``run`` unless ``folder`` holds a finished result of the same fingerprint; time it.
+
+        Args:
+            resumable: A half-finished folder started with the same fingerprint is kept for ``run`` to go on
+                from (a training step resuming from its last checkpoint); otherwise it is emptied first.
 
         Returns:
             The step's JSON-able result, as ``run`` returned it or as the marker recorded it.
@@ -85,10 +99,14 @@ class StepRunner:
                 self.log(f"[{name}] reused ({folder})")
                 self.timings[name] = {"wall_s": 0.0, "cpu_s": 0.0, "reused": True}
                 return done["result"]
-        if folder.exists() and name not in self.keep_folders:
+        started = folder / STARTED
+        same_start = started.is_file() and json.loads(started.read_text()).get("fingerprint") == fingerprint
+        if folder.exists() and name not in self.keep_folders and not (resumable and same_start):
             shutil.rmtree(folder)  # a stale or half-finished step is redone from nothing
         folder.mkdir(parents=True, exist_ok=True)
-        self.log(f"[{name}] …")
+        marker.unlink(missing_ok=True)  # a stale marker must not survive a redo that is interrupted
+        atomic_write_json(started, {"fingerprint": fingerprint})
+        self.log(f"[{name}] …" if not (resumable and same_start) else f"[{name}] resuming in {folder}")
         wall, cpu = time.perf_counter(), cpu_seconds()
         result = run()
         took = since(wall, cpu)

@@ -1,4 +1,4 @@
-"""The demo's step runner: a finished step is reused for the same fingerprint, redone for another, and a
+"""The step runner (clapkit.steps): a finished step is reused for the same fingerprint, redone for another, and a
 half-finished folder (no marker) is emptied and redone."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from demo.runner import DONE, StepRunner, fingerprint
+from clapkit.steps import DONE, STARTED, StepRunner, fingerprint
 
 
 def _counting_step(calls: list[str], folder, value: str):
@@ -85,3 +85,34 @@ def test_recorded_fingerprints_are_read_only(tmp_path):
     assert runner.fingerprints["data"] == "abc"
     with pytest.raises(TypeError):
         runner.fingerprints["data"] = "other"
+
+
+def test_resumable_step_keeps_a_half_finished_folder_of_the_same_fingerprint(tmp_path):
+    folder = tmp_path / "step"
+
+    def interrupted() -> dict:
+        (folder / "checkpoint.txt").write_text("step 5")
+        raise KeyboardInterrupt  # the run is stopped mid-step
+
+    with pytest.raises(KeyboardInterrupt):
+        StepRunner(lambda line: None).step("train", "fp1", folder, interrupted, resumable=True)
+    assert json.loads((folder / STARTED).read_text()) == {"fingerprint": "fp1"} and not (folder / DONE).exists()
+
+    lines: list[str] = []
+    seen: list[str] = []
+
+    def resume() -> dict:
+        seen.append((folder / "checkpoint.txt").read_text())
+        return {"done": True}
+
+    StepRunner(lines.append).step("train", "fp1", folder, resume, resumable=True)
+    assert seen == ["step 5"] and lines[0] == f"[train] resuming in {folder}"
+    # Another fingerprint, or a step that is not resumable, starts from an empty folder.
+    (folder / "checkpoint.txt").write_text("step 9")
+    (folder / DONE).unlink()
+    StepRunner(lambda line: None).step("train", "fp2", folder, lambda: {"done": True}, resumable=True)
+    assert not (folder / "checkpoint.txt").exists()
+    (folder / "checkpoint.txt").write_text("step 9")
+    (folder / DONE).unlink()
+    StepRunner(lambda line: None).step("train", "fp2", folder, lambda: {"done": True})
+    assert not (folder / "checkpoint.txt").exists()
