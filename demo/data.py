@@ -21,9 +21,9 @@ from clapkit.evaluate.retrieval import load_retrieval_set
 from clapkit.evaluate.suite import EvalSets
 from clapkit.evaluate.zeroshot import LabelledAudio
 from clapkit.model import ClapModel
+from clapkit.steps import StepRunner, fingerprint
 from demo.config import DemoConfig
 from demo.datasets import CLASS_MAPS, DATASETS, class_map_fingerprint
-from clapkit.steps import StepRunner, fingerprint
 
 __all__ = ["Workspace", "build_dataset"]
 

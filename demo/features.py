@@ -29,8 +29,8 @@ from clapkit.data.reader import ReaderConfig, ShardReader
 from clapkit.data.schema import load_manifest
 from clapkit.data.writer import WriterConfig, parse_size, write_shards
 from clapkit.io import atomic_write_text
-from demo.data import Workspace
 from clapkit.steps import StepRunner, fingerprint
+from demo.data import Workspace
 
 __all__ = ["TrainSample", "make_features", "make_shards", "tower_settings", "train_samples", "view_key"]
 

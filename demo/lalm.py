@@ -46,6 +46,7 @@ from clapkit.lalm import load as load_lalm
 from clapkit.lalm.data import LengthGroupedBatchSampler
 from clapkit.lalm.evaluate import predict
 from clapkit.model import ClapModel
+from clapkit.steps import StepRunner, fingerprint
 from demo.config import LalmSection, LalmStageSection
 from demo.data import Workspace
 from demo.lalm_qa import (
@@ -62,7 +63,6 @@ from demo.lalm_qa import (
     stage1_items,
     stage2_items,
 )
-from clapkit.steps import StepRunner, fingerprint
 from train.callbacks import progress_bars_for_logs
 from train.lalm import LalmModule, build_lalm
 from train.optim import OptimConfig

@@ -26,12 +26,12 @@ from clapkit.cache import FeatureStore
 from clapkit.evaluate.suite import EvalSets
 from clapkit.io import atomic_write_json, atomic_write_text
 from clapkit.model import ClapModel
+from clapkit.steps import StepRunner, cpu_seconds, since
 from demo.config import DemoConfig
 from demo.data import Workspace, build_dataset
 from demo.evaluation import check_stored_features, evaluate
 from demo.features import make_features, make_shards
 from demo.lalm import run_lalm
-from clapkit.steps import StepRunner, cpu_seconds, since
 from demo.scenes import make_benchmark, make_scenes
 from demo.search import search
 from demo.training import arm_fingerprint, fit, train_arms

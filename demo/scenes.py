@@ -26,8 +26,8 @@ from clapkit.compose.benchmark import (
 )
 from clapkit.compose.scenes import SceneComposer
 from clapkit.io import atomic_write_text
-from demo.data import Workspace
 from clapkit.steps import StepRunner, fingerprint
+from demo.data import Workspace
 
 __all__ = ["make_benchmark", "make_scenes"]
 

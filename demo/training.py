@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 import clapkit
 from clapkit.cache import FeatureStore
 from clapkit.model import ClapModel
+from clapkit.steps import StepRunner, fingerprint
 from demo.data import Workspace
 from demo.features import TrainSample, train_samples
-from clapkit.steps import StepRunner, fingerprint
 from train.callbacks import progress_bars_for_logs
 from train.clap import ClapModule
 from train.optim import OptimConfig, ParamGroup

@@ -401,7 +401,9 @@ class ClapModule(pl.LightningModule):
         scheduler = build_scheduler(optimizer, cfg, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        # on_fit_end, not on_train_end: a run resumed from a checkpoint taken at max_steps trains no step and
+        # skips on_train_end, but must still export (e.g. the first run died between its last step and the export).
         if self.trainer.fast_dev_run:
             return
         # Collective calls (log_dir is broadcast from rank 0; FSDP gathers the state): every rank makes them.

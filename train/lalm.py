@@ -283,7 +283,9 @@ class LalmModule(pl.LightningModule):
                 "by another stage or model configuration — resume with the config it was trained with"
             )
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        # on_fit_end, not on_train_end: a run resumed from a checkpoint taken at max_steps trains no step and
+        # skips on_train_end, but must still export (e.g. the first run died between its last step and the export).
         if self.trainer.fast_dev_run:
             return
         if self.trainer.is_global_zero:

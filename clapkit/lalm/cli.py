@@ -88,10 +88,32 @@ def _cmd_self_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_llaso(args: argparse.Namespace) -> int:
+    from clapkit.data.writer import WriterConfig, write_shards
+    from clapkit.lalm.llaso import read_llaso
+
+    records, report = read_llaso(args.input, args.audio_root)
+    info = report.to_dict()
+    print(f"{info['records']} conversations {info['layouts']}, answerable {info['answerable']}")
+    if report.skipped:
+        print(f"skipped {sum(report.skipped.values())}: {info['skipped']}")
+        for line in report.examples:
+            print(f"  {line}")
+    if not records:
+        print(f"{args.input}: nothing to write", file=sys.stderr)
+        return 2
+    config = WriterConfig(
+        sample_rate=args.sample_rate, require_captions=False, counterfactual_audio=False, workers=args.workers
+    )
+    manifest = write_shards(records, args.out, config, source=str(args.input), progress=True)
+    print(f"wrote {manifest.total} conversations in {len(manifest.shards)} shards to {args.out}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     lalm = sub.add_parser(
         "lalm",
-        help="audio-language model tools: evaluation and self-labelling",
+        help="audio-language model tools: evaluation, self-labelling, LLaSO data",
         description="Tools for the LLM adapter stage (clapkit encoder → projector → LLM).",
     )
     lsub = lalm.add_subparsers(dest="lalm_command", required=True, metavar="COMMAND")
@@ -137,3 +159,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the question choice")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.set_defaults(func=_cmd_self_label)
+
+    p = lsub.add_parser(
+        "convert-llaso",
+        help="LLaSO-style instruction JSON (three modality layouts) → conversation shards",
+        description="Read LLaSO / LLaVA-style conversations (JSON array or JSONL: conversations with human/gpt "
+        "turns and <audio> or <speech> markers, audio paths, layout text_audio | audio_text | pure_audio, "
+        "answerable) and write them as clapkit conversation shards for `python -m train lalm`. Unusable entries "
+        "are skipped and counted by reason. Format: docs/lalm.md (LLaSO data).",
+    )
+    p.add_argument("input", help="a .json (array) or .jsonl file")
+    p.add_argument("--out", required=True, help="shard folder to write")
+    p.add_argument("--audio-root", help="folder that relative audio paths are relative to (default: the file's)")
+    p.add_argument("--sample-rate", type=int, default=44100, help="stored rate, Hz (the encoder's; default 44100)")
+    p.add_argument("--workers", type=int, default=0, help="encoding processes (0: this one)")
+    p.set_defaults(func=_cmd_convert_llaso)

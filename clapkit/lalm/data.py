@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,6 +40,7 @@ __all__ = [
     "decode_conversation",
     "read_conversation_jsonl",
     "replay_mix",
+    "write_text_conversations",
 ]
 
 log = logging.getLogger(__name__)
@@ -437,3 +439,33 @@ def _cycle(stream: Iterable[Any]) -> Iterator[Any]:
             yield item
         if empty:
             return
+
+
+def write_text_conversations(
+    conversations: Sequence[Sequence[dict[str, str]]], out_dir: str | Path, *, max_count: int = 10_000
+) -> Path:
+    """Text-only conversations (no ``<Audio>`` marker) as shards ``conv-%06d.tar`` in ``out_dir``, which
+    ``ConversationReader`` reads (e.g. ``data.text_shards`` for replay). The folder is written under a temporary
+    name and renamed into place, so it is complete or absent.
+
+    Raises:
+        ValueError: A conversation that is malformed or references audio, or none at all.
+    """
+    if not conversations:
+        raise ValueError(f"{out_dir}: no conversations to write")
+    for i, turns in enumerate(conversations):
+        messages = normalize_messages(list(turns), f"conversation {i}")
+        if count_audio(messages):
+            raise ValueError(f"conversation {i}: has <Audio> markers; text-only shards carry no audio")
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    with wds.ShardWriter(str(tmp / "conv-%06d.tar"), maxcount=max_count, verbose=0) as sink:
+        for i, turns in enumerate(conversations):
+            sink.write({"__key__": f"t{i:07d}", "json": json.dumps({"conversation": list(turns)}).encode()})
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out

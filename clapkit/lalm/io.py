@@ -117,6 +117,11 @@ def load_llm(
             f"{name_or_path}: cannot load an LLM ({err}); give 'smollm2', a transformers folder "
             "(with gguf_file for GGUF) or a hub id in the local cache"
         ) from err
+    if gguf_file and getattr(llm, "hf_quantizer", None) is not None:
+        # transformers dequantizes GGUF weights into ordinary float tensors while loading, but keeps its GGUF
+        # quantizer attached, which refuses save_pretrained ("not serializable"): a fully fine-tuned LLM could not
+        # be saved. The weights are dense, so the quantizer's own clean-up makes the model an ordinary one.
+        llm.hf_quantizer.remove_quantization_config(llm)
     # Remember where the weights came from, so that AudioLanguageModel can name the LLM in its config.
     if str(name_or_path) == DEFAULT_LLM:
         llm.config.name_or_path = DEFAULT_LLM

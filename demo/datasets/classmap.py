@@ -19,7 +19,7 @@ package root, or members of ``"rcc"`` for Qt resource files), with optional ``se
 share a group share a split), ``split`` (fixed ``"train"`` / ``"test"``), ``max_files`` and ``note``;
 or renders notes: ``{"package", "render": {"program", "keys", "velocities", "drums", ...}}``;
 or speaks a text: ``{"package", "tts": {"text", "voices", "rates", "pitches", "max_renders"}}`` (the
-package names its ``"synthesizer"``, ``espeak-ng`` or ``flite``; see :mod:`demo.datasets.tts`).
+package names its ``"synthesizer"``, ``espeak-ng`` or ``flite``; see :mod:`clapkit.tts`).
 A class may override processing settings with ``"process": {...}`` (e.g. a lower ``min_seconds``
 for single spoken words).
 An exclusion ``{"package", ["rcc"], "file", "reason"}`` removes a file from the class's globs and
@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from clapkit.config import from_mapping
+from clapkit.tts import PITCH_RANGES, SYNTHESIZERS
 from demo.datasets.curation import ProcessConfig
-from demo.datasets.tts import PITCH_RANGES, SYNTHESIZERS
 
 __all__ = ["ClassMap", "ClassSpec", "Exclusion", "PackageSpec", "RenderSpec", "SourceSpec", "TtsSpec", "load_class_map"]
 

@@ -19,12 +19,12 @@ import soundfile as sf
 import torch
 
 from clapkit.audio import load_audio
+from clapkit.tts import Synthesizer, Utterance, plan_utterances, speed_word
 from demo.datasets.classmap import ClassMap, ClassSpec, PackageSpec, SourceSpec
 from demo.datasets.curation import plan_segments
 from demo.datasets.licenses import Dep5, parse_dep5
 from demo.datasets.rcc import RccArchive
 from demo.datasets.render import NoteRenderer, note_name, register
-from demo.datasets.tts import Synthesizer, Utterance, plan_utterances, speed_word
 
 __all__ = ["Job", "Sources", "collect_jobs", "sha1_hex"]
 

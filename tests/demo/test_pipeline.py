@@ -13,11 +13,11 @@ import soundfile as sf
 import clapkit
 from clapkit.compose.benchmark import COMPA_COLUMNS, scene_pairs
 from clapkit.config import merge
+from clapkit.steps import StepRunner
 from demo.__main__ import main
 from demo.config import load_config
 from demo.data import Workspace, build_dataset
 from demo.pipeline import OUT_MARKER, Demo, fresh_start
-from clapkit.steps import StepRunner
 from tests.conftest import TINY_OVERRIDES, TINY_RATE, tone
 
 CLASSES = {  # class → (label, how its clips sound)

@@ -196,3 +196,19 @@ def test_length_grouped_batches_cover_every_item_once_with_little_padding():
     assert len(keep) == len(list(keep)) == 63 and sorted(i for b in keep for i in b) == list(range(1000))
     with pytest.raises(ValueError, match="no conversations"):
         LengthGroupedBatchSampler([], 4)
+
+
+def test_text_conversations_are_written_as_shards_the_reader_reads(tmp_path) -> None:
+    from clapkit.lalm.data import ConversationReader, write_text_conversations
+
+    convs = [[{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}."}] for i in range(5)]
+    out = write_text_conversations(convs, tmp_path / "text", max_count=2)
+    assert sorted(p.name for p in out.iterdir()) == ["conv-000000.tar", "conv-000001.tar", "conv-000002.tar"]
+    assert not (tmp_path / "text.tmp").exists()
+    read = list(ConversationReader(out, 16000, train=False).samples())
+    assert [s.messages[-1]["content"] for s in read] == [f"{i}." for i in range(5)] and not any(s.audio for s in read)
+    with pytest.raises(ValueError, match="conversation 1: has <Audio> markers"):
+        write_text_conversations([convs[0], [{"role": "user", "content": "<Audio> what?"}]], tmp_path / "bad")
+    with pytest.raises(ValueError, match="no conversations"):
+        write_text_conversations([], tmp_path / "none")
+    assert not (tmp_path / "bad").exists()

@@ -42,7 +42,7 @@ def test_gguf_bar_is_ours_so_a_log_gets_lines(progress_bars_on):
     assert "\r" not in log.getvalue() and log.getvalue().splitlines()[-1].startswith(GGUF_BAR)
 
 
-def test_smollm2_loads_offline_without_a_bar_when_asked(capfd):
+def test_smollm2_loads_offline_without_a_bar_when_asked(capfd, tmp_path):
     llm, tokenizer = load_llm("smollm2", progress=False)
     err = capfd.readouterr().err
     assert GGUF_BAR not in err
@@ -51,3 +51,11 @@ def test_smollm2_loads_offline_without_a_bar_when_asked(capfd):
     with torch.inference_mode():
         logits = llm(ids).logits
     assert logits.shape[:2] == ids.shape and torch.isfinite(logits).all()
+    # GGUF weights are dequantized on load: the model saves like any other (a fully fine-tuned LLM must).
+    assert not llm.is_quantized
+    llm.save_pretrained(tmp_path / "llm")
+    from transformers import AutoModelForCausalLM
+
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "llm")
+    state = llm.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in back.state_dict().items())

@@ -16,6 +16,14 @@ RECIPES: dict[str, tuple[str, str]] = {
         "train.recipes.compa",
         "CompA's curriculum: vanilla contrastive → compositional hard negatives → modular multi-positive",
     ),
+    "llaso": (
+        "train.recipes.llaso",
+        "LLaSO: projector alignment, then instruction tuning on three modality layouts, scored with abstention",
+    ),
+    "forgetting": (
+        "train.recipes.forgetting",
+        "LALM stage 2 with and without replay, LoRA scaling and model merging; text QA kept vs audio task gained",
+    ),
 }
 
 __all__ = ["RECIPES"]

@@ -23,6 +23,7 @@ __all__ = [
     "load_recipe_config",
     "recipe_config_path",
     "stage_config",
+    "train_stage",
     "write_results",
 ]
 
@@ -76,9 +77,20 @@ def load_recipe_config(name: str, scale: str, path: str | Path | None = None, se
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base``, mappings key by key — except a mapping that names another ``class_path``,
+    which replaces the old one whole (its ``init_args`` belong to the other class), as jsonargparse does."""
     out = copy.deepcopy(base)
     for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+        old = out.get(key)
+        switch = (
+            isinstance(value, Mapping)
+            and isinstance(old, dict)
+            and value.get("class_path", old.get("class_path")) != old.get("class_path")
+        )
+        if isinstance(value, Mapping) and isinstance(old, dict) and not switch:
+            out[key] = _merge(old, value)
+        else:
+            out[key] = copy.deepcopy(dict(value)) if isinstance(value, Mapping) else value
     return out
 
 
@@ -149,24 +161,26 @@ class RecipeContext:
         return self.runner.step(name, fp, folder, lambda: run(folder), resumable=resumable)
 
 
-def clap_stage(
+def train_stage(
     ctx: RecipeContext,
     name: str,
     spec: Mapping[str, Any],
     *,
+    app: str,
     paths: Mapping[str, Any],
-    eval_sets: Callable[[], EvalSets] | None,
+    evaluate: Callable[[Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One contrastive training stage through the train app (``python -m train clap fit``), then the evaluation
-    suite on the exported model.
+    """One training stage through a train app (``python -m train clap|lalm fit``) in ``out/name``, then
+    ``evaluate`` on the exported model; resumed from its last checkpoint when a run was interrupted inside it.
 
     Args:
         spec: The stage's recipe entry: ``config`` (a train-app YAML) and ``set`` (dotted overrides).
+        app: ``clap`` or ``lalm``.
         paths: Dotted keys the recipe fills in (``data.train_shards``, ``model.init_from``, …).
-        eval_sets: Builds the held-out sets (called only when the stage runs).
+        evaluate: Scores the exported model folder (called only when the stage runs).
 
     Returns:
-        ``{"model": folder, "config": the YAML written, "train": {steps, final loss}, "eval": metrics}``.
+        ``{"model": folder, "config": the YAML written, "train": {steps, losses}, "eval": metrics}``.
     """
     if "config" not in spec:
         raise ValueError(f"recipe stage {name}: give 'config' (a train-app YAML, e.g. configs/clap/tiny.yaml)")
@@ -175,8 +189,9 @@ def clap_stage(
         sets.setdefault("seed_everything", ctx.config["seed"])
 
     def run(folder: Path) -> dict[str, Any]:
-        from train.clap import main as clap_main  # the app (lightning) only when a stage trains
+        import importlib
 
+        main = importlib.import_module(f"train.{app}").main  # the app (lightning) only when a stage trains
         config = stage_config(spec["config"], sets, folder, paths)
         path = atomic_write_text(folder / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         args = ["fit", "-c", str(path)]
@@ -184,18 +199,32 @@ def clap_stage(
         if last.is_file():  # a run interrupted inside this stage goes on from its last checkpoint
             ctx.log(f"        resuming from {last}")
             args += ["--ckpt_path", str(last)]
-        clap_main(args)
+        main(args)
         model_dir = folder / "model"
-        if not (model_dir / "config.json").is_file():
+        if not model_dir.is_dir() or not any(model_dir.iterdir()):
             raise RuntimeError(f"stage {name}: training ended without exporting a model to {model_dir}")
         result = {"model": str(model_dir), "config": str(path), "train": _train_log(folder)}
-        if eval_sets is not None:
-            result["eval"] = evaluate_export(model_dir, eval_sets(), ctx.progress)
+        if evaluate is not None:
+            result["eval"] = evaluate(model_dir)
             atomic_write_json(folder / "results.json", result["eval"])
         return result
 
-    parts = {"stage": name, "spec": spec, "paths": paths, "seed": ctx.config.get("seed")}
-    result = ctx.stage(name, parts, run, resumable=True)
+    parts = {"stage": name, "app": app, "spec": spec, "paths": paths, "seed": ctx.config.get("seed")}
+    return ctx.stage(name, parts, run, resumable=True)
+
+
+def clap_stage(
+    ctx: RecipeContext,
+    name: str,
+    spec: Mapping[str, Any],
+    *,
+    paths: Mapping[str, Any],
+    eval_sets: Callable[[], EvalSets] | None,
+) -> dict[str, Any]:
+    """A contrastive training stage (``train_stage`` with the clap app), scored by the evaluation suite
+    (zero-shot, retrieval, CompA) on ``eval_sets()``; its metrics join the run's results table."""
+    evaluate = None if eval_sets is None else lambda model_dir: evaluate_export(model_dir, eval_sets(), ctx.progress)
+    result = train_stage(ctx, name, spec, app="clap", paths=paths, evaluate=evaluate)
     if "eval" in result:
         ctx.results[name] = result["eval"]
         ctx.log(f"        {name}: " + _headline(result["eval"]))

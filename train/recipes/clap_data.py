@@ -44,7 +44,7 @@ from clapkit.io import atomic_write_text
 from clapkit.steps import DONE
 from train.recipes.base import RecipeContext
 
-__all__ = ["SYNTHETIC_CLASSES", "clap_data", "eval_sets", "synthesize_clips"]
+__all__ = ["SYNTHETIC_CLASSES", "clap_data", "demo_markers", "eval_sets", "read_records", "synthesize_clips"]
 
 
 def _tone(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -164,14 +164,14 @@ def _compose(
 def _demo(ctx: RecipeContext, cfg: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     """A finished demo run's shards and held-out sets (its folder is read, never written)."""
     run = Path(cfg.get("run_dir") or "runs/demo").resolve()
-    markers = _demo_markers(run)
+    markers = demo_markers(run)
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     given = (config.get("data") or {}).get("dataset_dir")
     dataset = Path(given).resolve() if given else run / "data" / config["data"]["dataset"]
-    test = _records(dataset / "test.jsonl")
+    test = read_records(dataset / "test.jsonl")
     classes = sorted({r["labels"][0] for r in test})
     files = {"zeroshot": str(_labelled_csv(folder / "zeroshot.csv", dataset, test))}
-    cross = [r for r in _records(dataset / "cross.jsonl", missing_ok=True) if r["labels"][0] in classes]
+    cross = [r for r in read_records(dataset / "cross.jsonl", missing_ok=True) if r["labels"][0] in classes]
     if cross:
         files["zeroshot_cross_source"] = str(_labelled_csv(folder / "zeroshot_cross_source.csv", dataset, cross))
     bench = run / "benchmark"
@@ -188,7 +188,7 @@ def _demo(ctx: RecipeContext, cfg: Mapping[str, Any], folder: Path) -> dict[str,
     }
 
 
-def _demo_markers(run: Path) -> dict[str, Any]:
+def demo_markers(run: Path) -> dict[str, Any]:
     """The ``.done.json`` markers of a demo run's data steps; a clear error when a step has not finished."""
     markers = {}
     for step in ("shards", "benchmark"):
@@ -202,7 +202,7 @@ def _demo_markers(run: Path) -> dict[str, Any]:
     return markers
 
 
-def _records(path: Path, *, missing_ok: bool = False) -> list[dict[str, Any]]:
+def read_records(path: Path, *, missing_ok: bool = False) -> list[dict[str, Any]]:
     if missing_ok and not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -237,7 +237,7 @@ def clap_data(ctx: RecipeContext) -> dict[str, Any]:
     parts = {"data": cfg, "seed": ctx.config.get("seed")}
     if source == "demo":  # a rebuilt demo run is new data
         run = Path(cfg.get("run_dir") or "runs/demo").resolve()
-        parts["demo"] = {k: v["fingerprint"] for k, v in _demo_markers(run).items()}
+        parts["demo"] = {k: v["fingerprint"] for k, v in demo_markers(run).items()}
     return ctx.stage("data", parts, lambda folder: SOURCES[source](ctx, cfg, folder))
 
 

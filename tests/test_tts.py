@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from clapkit.tts import Synthesizer, Utterance, plan_utterances, speed_word
 from demo.datasets.curation import trim_silence
-from demo.datasets.tts import Synthesizer, Utterance, plan_utterances, speed_word
 
 RATE = 16000
 needs_espeak = pytest.mark.skipif(
