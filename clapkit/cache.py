@@ -250,12 +250,14 @@ class TowerCache:
                 if len(self._store) < self.max_items:
                     self._store[keys[i]] = entry
         entries = [fresh[i] if i in fresh else self._store[k] for i, k in enumerate(keys)]
-        pooled = torch.stack([e[0] for e in entries])  # [B, D]
+        # Back to float32 before stacking: under CPU autocast (bf16-mixed training) stacking float16 tensors
+        # fails ("Unexpected floating ScalarType in at::autocast::prioritize"); the output is float32 anyway.
+        pooled = torch.stack([e[0].float() for e in entries])  # [B, D]
         if not self.keep_sequence:
-            pooled = pooled.to(device, torch.float32)
+            pooled = pooled.to(device)
             ones = torch.ones(len(keys), 1, dtype=torch.bool, device=device)
             return TowerOutput(pooled=pooled, sequence=pooled[:, None, :1], mask=ones)
-        return pad_trimmed(pooled, [e[1] for e in entries], device)
+        return pad_trimmed(pooled, [e[1].float() for e in entries], device)
 
 
 def _check_frozen(model: ClapModel, side: str) -> None:

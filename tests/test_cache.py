@@ -173,3 +173,16 @@ def test_tower_autocast_runs_in_bf16_and_the_store_follows(clips, tmp_path):
 def test_tower_autocast_refuses_unknown_dtypes():
     with pytest.raises(ValueError, match="autocast='int8'"):
         build_tiny_model(audio_tower={"freeze": True, "autocast": "int8"})
+
+
+@pytest.mark.parametrize("keep_sequence", [True, False])
+def test_tower_cache_under_cpu_bf16_autocast(keep_sequence):
+    """bf16-mixed training on the CPU runs the cache inside autocast, where stacking float16 entries used to fail."""
+    g = torch.Generator().manual_seed(2)
+    compute, _ = _tower(torch.randn(3, 4, generator=g), torch.randn(3, 5, 2, generator=g), torch.tensor([2, 5, 1]))
+    cache = TowerCache(keep_sequence=keep_sequence, dtype=torch.float16)
+    plain = cache(["a", "b", "c"], compute, torch.device("cpu"))  # fills the cache outside autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = cache(["a", "b", "c"], compute, torch.device("cpu"))
+    assert mixed.pooled.dtype == torch.float32 and torch.equal(mixed.pooled, plain.pooled)
+    assert torch.equal(mixed.sequence, plain.sequence) and torch.equal(mixed.mask, plain.mask)

@@ -149,6 +149,7 @@ class RecipeContext:
     results: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.out = Path(self.out).resolve()  # stages write absolute paths (listings, JSON) that outlive the cwd
         self.runner = StepRunner(self.log, keep_folders=())
 
     def stage(
