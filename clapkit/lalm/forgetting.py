@@ -75,7 +75,14 @@ def load_text_qa(path: str | Path | None = None, *, split: str | None = None) ->
         if not isinstance(item, dict) or any(k not in item for k in _FIELDS):
             raise ValueError(f"{where}:{number}: expected an object with {', '.join(_FIELDS)}")
         choices = item["choices"]
-        if not isinstance(choices, list) or len(set(choices)) != len(choices) or len(choices) < 2:
+        if not isinstance(item["question"], str) or not item["question"].strip():
+            raise ValueError(f"{where}:{number}: question must be a non-empty string")
+        if (
+            not isinstance(choices, list)
+            or not all(isinstance(c, str) and c.strip() for c in choices)
+            or len(set(choices)) != len(choices)
+            or len(choices) < 2
+        ):
             raise ValueError(f"{where}:{number}: choices must be a list of ≥ 2 distinct strings")
         if item["answer"] not in choices:
             raise ValueError(f"{where}:{number}: answer {item['answer']!r} is not one of the choices")

@@ -46,6 +46,8 @@ def test_the_shipped_set_loads_and_splits() -> None:
         ('{"question": "q", "choices": ["a", "a"], "answer": "a"}', "bad.jsonl:2: choices must be"),
         ('{"question": "q", "choices": ["a", "b"], "answer": "c"}', "bad.jsonl:2: answer 'c' is not one"),
         ('["not", "an", "object"]', "bad.jsonl:2: expected an object"),
+        ('{"question": "q", "choices": ["a", 3], "answer": "a"}', "bad.jsonl:2: choices must be"),
+        ('{"question": "", "choices": ["a", "b"], "answer": "a"}', "bad.jsonl:2: question must be"),
     ],
 )
 def test_malformed_lines_are_named(tmp_path, line: str, message: str) -> None:

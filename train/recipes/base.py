@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +193,8 @@ def train_stage(
 
         main = importlib.import_module(f"train.{app}").main  # the app (lightning) only when a stage trains
         config = stage_config(spec["config"], sets, folder, paths)
+        if not ctx.progress:  # --quiet: no progress lines from the trainer either (not part of the fingerprint)
+            config["trainer"]["enable_progress_bar"] = False
         path = atomic_write_text(folder / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         args = ["fit", "-c", str(path)]
         last = folder / "checkpoints" / "last.ckpt"
@@ -292,7 +293,3 @@ def write_results(ctx: RecipeContext, extra: Mapping[str, Any] | None = None) ->
     lines = [f"# {ctx.name} ({ctx.scale})", "", "```", table, "```", ""]
     atomic_write_text(ctx.out / "results.md", "\n".join(lines))
     return table
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))

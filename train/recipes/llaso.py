@@ -141,7 +141,7 @@ def _entries(
                 True,
             )
         )
-    for i, c in enumerate(rng.sample(speechless, int(unanswerable * len(clips)))):
+    for i, c in enumerate(rng.sample(speechless, min(len(speechless), int(unanswerable * len(clips))))):
         out.append(
             _entry(
                 f"{split}-ta-u{i}",
@@ -195,7 +195,7 @@ def _entries(
                 True,
             )
         )
-    for i, c in enumerate(rng.sample(speechless, int(unanswerable * len(pure)))):
+    for i, c in enumerate(rng.sample(speechless, min(len(speechless), int(unanswerable * len(pure))))):
         out.append(
             _entry(
                 f"{split}-aa-u{i}",
