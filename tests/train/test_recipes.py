@@ -233,3 +233,31 @@ def test_llaso_tiny_converts_three_layouts_trains_both_stages_and_scores_abstent
     predictions = (out / "evaluate" / "predictions_stage2.jsonl").read_text().splitlines()
     assert len(predictions) == results["questions"]
     assert "abstains, unanswerable %" in (out / "results.md").read_text()
+
+
+def test_lalm_demo_source_names_classes_by_id_with_the_demo_phrasings(tmp_path):
+    """The demo source keys clips by class id, so the demo config's phrasings name them ("A dog.", not
+    "A dog barking sound.")."""
+    from train.recipes.base import RecipeContext
+    from train.recipes.lalm_data import _answer, _demo
+
+    run, dataset = tmp_path / "run", tmp_path / "dataset"
+    for step in ("shards", "benchmark"):
+        (run / step).mkdir(parents=True)
+        (run / step / DONE).write_text(json.dumps({"fingerprint": step}))
+    config = {"data": {"dataset_dir": str(dataset)}, "phrases": {"dog": [["a dog", "barks", "barking"]]}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    dataset.mkdir()
+    rows = {
+        "train": [{"audio": "a.flac", "class": "dog", "labels": ["dog barking"], "captions": ["a dog barks"]}],
+        "test": [{"audio": "b.flac", "class": "speech_five", "labels": ['a voice saying "five"'], "captions": ["x"]}],
+    }
+    for split, recs in rows.items():
+        (dataset / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    ctx = RecipeContext("forgetting", "demo", {}, tmp_path / "out", progress=False)
+    train, test, aliases = _demo(ctx, {"run_dir": str(run)}, tmp_path / "data")
+    assert [r["label"] for r in train + test] == ["dog", "speech_five"]
+    assert aliases["dog"] == ["a dog", "dog barking", "dog"]
+    assert aliases["speech_five"] == ['a voice saying "five"', "speech five"]
+    assert _answer(aliases["dog"]) == "A dog."
+    assert _answer(aliases["speech_five"]) == 'A voice saying "five".'

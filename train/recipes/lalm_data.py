@@ -56,17 +56,22 @@ def _demo(ctx: RecipeContext, cfg: Mapping[str, Any], folder: Path) -> tuple[lis
     dataset = Path(given).resolve() if given else run / "data" / config["data"]["dataset"]
     phrases = config.get("phrases") or {}
 
+    display: dict[str, str] = {}
+
     def rows(split: str) -> list[dict[str, Any]]:
         out = []
         for r in read_records(dataset / f"{split}.jsonl"):
-            out.append({"audio": str(dataset / r["audio"]), "label": r["labels"][0], "caption": r["captions"][0]})
+            label = r.get("class") or r["labels"][0]  # the class id; the phrasings are keyed by it
+            display.setdefault(label, r["labels"][0])
+            out.append({"audio": str(dataset / r["audio"]), "label": label, "caption": r["captions"][0]})
         return out
 
     train, test = rows("train"), rows("test")
     aliases = {}
-    for label in sorted({r["label"] for r in train + test}):
-        names = [p[0] for p in phrases.get(label, [])] or [phrase_for(label).subject]
-        aliases[label] = [*names, label.replace("_", " ")]
+    for label in sorted(display):
+        # The demo's phrasings of the class ("a dog"), then its display name ("dog barking") and its id.
+        names = [p[0] for p in phrases.get(label, [])] + [display[label], label.replace("_", " ")]
+        aliases[label] = list(dict.fromkeys(names))
     return train, test, aliases
 
 
@@ -112,7 +117,8 @@ def lalm_data(ctx: RecipeContext) -> dict[str, Any]:
             "classes": len(aliases),
         }
 
-    parts: dict[str, Any] = {"data": cfg, "seed": ctx.config.get("seed")}
+    # "names": clips keyed by class id and named by the demo's phrasings (data made before that is redone).
+    parts: dict[str, Any] = {"data": cfg, "seed": ctx.config.get("seed"), "names": 2}
     if source == "demo":
         run_dir = Path(cfg.get("run_dir") or "runs/demo").resolve()
         parts["demo"] = {k: v["fingerprint"] for k, v in demo_markers(run_dir).items()}

@@ -261,7 +261,7 @@ def _data(ctx: RecipeContext) -> dict[str, Any]:
             "reports": reports,
         }
 
-    parts: dict[str, Any] = {"data": cfg, "seed": seed}
+    parts: dict[str, Any] = {"data": cfg, "seed": seed, "names": 2}  # clips keyed by class id (lalm_data._demo)
     if source == "demo":
         run_dir = Path(cfg.get("run_dir") or "runs/demo").resolve()
         parts["demo"] = {k: v["fingerprint"] for k, v in demo_markers(run_dir).items()}
