@@ -68,8 +68,11 @@ def _writer(args: argparse.Namespace):
 
 def _cmd(args: argparse.Namespace) -> int:
     records, captions = read_captions(Path(args.input))
+    if args.limit is not None and args.limit < 0:
+        raise ValueError(f"--limit {args.limit}: give a number of records ≥ 0")
+    chosen = captions if args.limit is None else captions[: args.limit]  # the rest are copied unchanged
     writer = _writer(args)
-    outputs = writer.generate(captions, args.kind, n=args.n, batch_size=args.batch_size, progress=True)
+    outputs = writer.generate(chosen, args.kind, n=args.n, batch_size=args.batch_size, progress=True)
     added = 0
     for record, new in zip(records, outputs):
         old = list(record.get(args.kind) or [])
@@ -78,7 +81,14 @@ def _cmd(args: argparse.Namespace) -> int:
         record[args.kind] = merged
     atomic_write_text(Path(args.out), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     stats = dict(sorted(writer.stats.items()))
-    summary = {"captions": len(records), "kind": args.kind, "added": added, "model": writer.model_id, **stats}
+    summary = {
+        "captions": len(records),
+        "sent": len(chosen),
+        "kind": args.kind,
+        "added": added,
+        "model": writer.model_id,
+        **stats,
+    }
     print(json.dumps(summary, indent=2))
     if writer.cache is not None:
         writer.cache.close()
@@ -103,4 +113,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="prompts per LM call (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="length limit of one completion")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument(
+        "--limit", type=int, default=None, help="send only the first N records to the LLM; the rest are copied"
+    )
     p.set_defaults(func=_cmd)

@@ -179,6 +179,13 @@ def test_cli_adds_validated_llm_captions_to_a_listing(tmp_path, monkeypatch, cap
     # Rerun: every completion comes from the cache.
     assert cli.main(argv) == 0
     assert json.loads(capsys.readouterr().out)["cached"] == 2 and len(fake.prompts) == 2
+    # --limit 1: only the first record goes to the LLM (from the cache); the second is copied as it was.
+    limited = tmp_path / "limited.jsonl"
+    assert cli.main([*argv[:5], str(limited), *argv[6:], "--limit", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["sent"] == 1 and summary["captions"] == 2
+    assert [json.loads(line) for line in limited.read_text().splitlines()] == [written[0], rows[1]]
+    assert cli.main([*argv, "--limit", "-1"]) == 2 and "--limit -1" in capsys.readouterr().err
     # A broken listing is refused, naming the line; nothing is written.
     listing.write_text(json.dumps(rows[0]) + "\n{not json\n")
     out.unlink()

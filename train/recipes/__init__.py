@@ -16,6 +16,11 @@ RECIPES: dict[str, tuple[str, str]] = {
         "train.recipes.compa",
         "CompA's curriculum: vanilla contrastive → compositional hard negatives → modular multi-positive",
     ),
+    "afclap": (
+        "train.recipes.afclap",
+        "AF-CLAP: LLM paraphrase positives + composition negatives, then the encoder under gated cross-attention "
+        "on minutes of audio",
+    ),
     "llaso": (
         "train.recipes.llaso",
         "LLaSO: projector alignment, then instruction tuning on three modality layouts, scored with abstention",
@@ -23,6 +28,19 @@ RECIPES: dict[str, tuple[str, str]] = {
     "forgetting": (
         "train.recipes.forgetting",
         "LALM stage 2 with and without replay, LoRA scaling and model merging; text QA kept vs audio task gained",
+    ),
+    "desta": (
+        "train.recipes.desta",
+        "DeSTA2: the LLM writes its own targets from clip metadata, then the adapter alone trains; text QA unchanged",
+    ),
+    "fullft": (
+        "train.recipes.fullft",
+        "SeaLLMs-Audio: projector alignment, then encoder + projector + whole LLM fine-tuned on two-turn "
+        "conversations; text QA kept",
+    ),
+    "salmonn": (
+        "train.recipes.salmonn",
+        "SALMONN: window Q-Former alignment, then Q-Former + LoRA on spoken sentences (WER) and sound questions",
     ),
 }
 

@@ -149,6 +149,8 @@ def _compose(
     return {
         "train_shards": str(folder / "shards"),
         "val_shards": None,
+        "listing": str(listing),
+        "clips": {name: str(folder / "clips" / name) for name in ("train", "test")},
         "samples": manifest.total,
         "skipped": manifest.skipped,
         "scenes": info["scenes"],
