@@ -72,7 +72,7 @@ def _cmd(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit {args.limit}: give a number of records ≥ 0")
     chosen = captions if args.limit is None else captions[: args.limit]  # the rest are copied unchanged
     writer = _writer(args)
-    outputs = writer.generate(chosen, args.kind, n=args.n, batch_size=args.batch_size, progress=True)
+    outputs = writer.generate(chosen, args.kind, n=args.n, batch_size=args.batch_size, progress=not args.quiet)
     added = 0
     for record, new in zip(records, outputs):
         old = list(record.get(args.kind) or [])
@@ -116,4 +116,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--limit", type=int, default=None, help="send only the first N records to the LLM; the rest are copied"
     )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd)

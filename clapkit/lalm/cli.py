@@ -77,7 +77,7 @@ def _cmd_self_label(args: argparse.Namespace) -> int:
     if args.device:
         llm.to(args.device)
     labeler = SelfLabeler(llm, tokenizer, questions=questions, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    common = {"batch_size": args.batch_size, "limit": args.limit, "progress": True}
+    common = {"batch_size": args.batch_size, "limit": args.limit, "progress": not args.quiet}
     if str(args.input).endswith(".jsonl"):
         stats = self_label_jsonl(labeler, args.input, args.out, **common)
         print(f"labelled {stats['labelled']} clips, skipped {stats['skipped']}; wrote {args.out}")
@@ -158,6 +158,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="stop after this many inputs")
     p.add_argument("--seed", type=int, default=0, help="seed of the question choice")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_self_label)
 
     p = lsub.add_parser(

@@ -150,6 +150,8 @@ def paraphrases(ctx: RecipeContext, data: Mapping[str, Any]) -> dict[str, Any]:
             "--batch-size", str(int(cfg.get("batch_size", 8))),
             "--max-new-tokens", str(int(cfg.get("max_new_tokens", 64))),
         ]  # fmt: skip
+        if not ctx.progress:
+            argv.append("--quiet")
         if cfg.get("limit") is not None:  # only the first records go to the LLM (a quick look at its paraphrases)
             argv += ["--limit", str(int(cfg["limit"]))]
         printed = io.StringIO()

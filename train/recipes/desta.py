@@ -21,7 +21,6 @@ Stages:
 from __future__ import annotations
 
 import json
-import tarfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,6 +143,8 @@ def _self_label(ctx: RecipeContext, data: dict[str, Any], llm: str, gguf_file: s
             args += ["--questions", str(questions)]
         if cfg.get("device"):
             args += ["--device", str(cfg["device"])]
+        if not ctx.progress:
+            args.append("--quiet")
         code = clapkit_main(args)
         if code:
             raise RuntimeError(f"clapkit {' '.join(args)}: exited with {code} (its error is above)")
@@ -165,11 +166,11 @@ def _self_label(ctx: RecipeContext, data: dict[str, Any], llm: str, gguf_file: s
 
 def _read_shards(folder: Path) -> Iterator[dict[str, Any]]:
     """Each sample's metadata (``<key>.json``) in the shards of ``folder``, in order."""
-    for path in sorted(folder.glob("*.tar")):
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    yield json.loads(tar.extractfile(member).read())
+    import webdataset as wds
+
+    urls = [str(p) for p in sorted(folder.glob("*.tar"))]
+    for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
+        yield json.loads(sample["json"])
 
 
 def _target_quality(labelled: list[dict[str, Any]], aliases: dict[str, list[str]]) -> dict[str, float]:

@@ -43,7 +43,9 @@ def _synthetic(ctx: RecipeContext, cfg: Mapping[str, Any], folder: Path) -> tupl
     aliases = {}
     for rec in train + test:
         phrase = phrase_for(rec["label"])
-        aliases[rec["label"]] = [phrase.subject, rec["label"]]
+        # The phrase's subject names the class unless it is generic ("someone" knocks): then "a knock".
+        subject = phrase.subject if rec["label"] in phrase.subject else f"a {rec['label']}"
+        aliases[rec["label"]] = [subject, rec["label"]]
         rec["caption"] = f"{phrase.subject[:1].upper()}{phrase.subject[1:]} {phrase.verb}."
     return train, test, aliases
 
