@@ -261,3 +261,16 @@ def test_lalm_demo_source_names_classes_by_id_with_the_demo_phrasings(tmp_path):
     assert aliases["speech_five"] == ['a voice saying "five"', "speech five"]
     assert _answer(aliases["dog"]) == "A dog."
     assert _answer(aliases["speech_five"]) == 'A voice saying "five".'
+
+
+def test_recipe_missing_tool_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    """A recipe that needs espeak-ng on a machine without it stops with exit 2 and how to install it."""
+    import clapkit.tts
+
+    real_which = clapkit.tts.shutil.which
+    monkeypatch.setattr(clapkit.tts.shutil, "which", lambda name: None if name == "espeak-ng" else real_which(name))
+    with pytest.raises(SystemExit) as err:
+        cli.main(["salmonn", "--scale", "tiny", "--out", str(tmp_path / "run"), "--quiet"])
+    message = capsys.readouterr().err
+    assert err.value.code == 2 and "espeak-ng: program not found" in message and "apt-get install" in message
+    assert "Traceback" not in message

@@ -63,7 +63,7 @@ def main(args: list[str] | None = None) -> int:
     module = importlib.import_module(RECIPES[parsed.name][0])
     try:
         result = module.run(ctx)
-    except ValueError as err:  # bad config or input, named by the message: no traceback
+    except (ValueError, FileNotFoundError) as err:  # bad config, input or a missing tool, named: no traceback
         p.exit(2, f"{p.prog}: error: {err}\n")
     if result.get("table"):
         print(result["table"])
