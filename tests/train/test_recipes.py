@@ -239,7 +239,7 @@ def test_lalm_demo_source_names_classes_by_id_with_the_demo_phrasings(tmp_path):
     """The demo source keys clips by class id, so the demo config's phrasings name them ("A dog.", not
     "A dog barking sound.")."""
     from train.recipes.base import RecipeContext
-    from train.recipes.lalm_data import _answer, _demo
+    from train.recipes.lalm_data import _demo, class_answer
 
     run, dataset = tmp_path / "run", tmp_path / "dataset"
     for step in ("shards", "benchmark"):
@@ -259,8 +259,8 @@ def test_lalm_demo_source_names_classes_by_id_with_the_demo_phrasings(tmp_path):
     assert [r["label"] for r in train + test] == ["dog", "speech_five"]
     assert aliases["dog"] == ["a dog", "dog barking", "dog"]
     assert aliases["speech_five"] == ['a voice saying "five"', "speech five"]
-    assert _answer(aliases["dog"]) == "A dog."
-    assert _answer(aliases["speech_five"]) == 'A voice saying "five".'
+    assert class_answer(aliases["dog"]) == "A dog."
+    assert class_answer(aliases["speech_five"]) == 'A voice saying "five".'
 
 
 def test_recipe_missing_tool_is_a_one_line_error(tmp_path, capsys, monkeypatch):

@@ -45,6 +45,7 @@ from clapkit.lalm.data import ConversationSample
 from clapkit.lalm.evaluate import label_accuracy, predict
 from train.recipes.base import RecipeContext, clap_stage, train_stage
 from train.recipes.clap_data import clap_data, eval_sets, read_records
+from train.recipes.lalm_data import write_conversations
 
 __all__ = ["DESCRIBE_LONG", "QUESTIONS", "STAGES", "compose_long", "run"]
 
@@ -270,7 +271,6 @@ def long_audio(ctx: RecipeContext, data: Mapping[str, Any]) -> dict[str, Any]:
                 path = folder / "audio" / split / f"{split}_{i:03d}.flac"
                 sf.write(path, wave, sample_rate, subtype="PCM_16")
                 rows[split].append({"audio": str(path), "order": order, "seconds": wave.size / sample_rate})
-        writer = WriterConfig(sample_rate=sample_rate, require_captions=False, counterfactual_audio=False)
         stage1 = [
             InputRecord(
                 r["audio"], {"conversation": _turns(DESCRIBE_LONG, _describe(r["order"])), "labels": r["order"]}
@@ -285,12 +285,7 @@ def long_audio(ctx: RecipeContext, data: Mapping[str, Any]) -> dict[str, Any]:
             for r in rows["train"]
             for q, i in (("first", 0), ("last", -1))
         ]
-        made = {}
-        for name, records in (("stage1", stage1), ("stage2", stage2)):
-            manifest = write_shards(records, folder / name, writer, source=f"recipe {ctx.name} {name}", progress=False)
-            if manifest.skipped:
-                raise RuntimeError(f"{folder / name}: {manifest.skipped} conversations skipped; see report.json")
-            made[name] = manifest.total
+        made = write_conversations(ctx, folder, {"stage1": stage1, "stage2": stage2}, sample_rate)
         test = atomic_write_text(folder / "test.jsonl", "".join(json.dumps(r) + "\n" for r in rows["test"]))
         return {
             "stage1_shards": str(folder / "stage1"),

@@ -44,7 +44,15 @@ from clapkit.io import atomic_write_text
 from clapkit.steps import DONE
 from train.recipes.base import RecipeContext
 
-__all__ = ["SYNTHETIC_CLASSES", "clap_data", "demo_markers", "eval_sets", "read_records", "synthesize_clips"]
+__all__ = [
+    "SYNTHETIC_CLASSES",
+    "clap_data",
+    "demo_fingerprints",
+    "demo_markers",
+    "eval_sets",
+    "read_records",
+    "synthesize_clips",
+]
 
 
 def _tone(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -204,6 +212,13 @@ def demo_markers(run: Path) -> dict[str, Any]:
     return markers
 
 
+def demo_fingerprints(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """The fingerprints of the demo run ``data.run_dir`` (default ``runs/demo``) names: a data stage built from it
+    is part of its own fingerprint, so a rebuilt demo run is new data."""
+    run = Path(cfg.get("run_dir") or "runs/demo").resolve()
+    return {k: v["fingerprint"] for k, v in demo_markers(run).items()}
+
+
 def read_records(path: Path, *, missing_ok: bool = False) -> list[dict[str, Any]]:
     if missing_ok and not path.is_file():
         return []
@@ -237,9 +252,8 @@ def clap_data(ctx: RecipeContext) -> dict[str, Any]:
     if source not in SOURCES:
         raise ValueError(f"data.source {source!r}: expected one of {', '.join(SOURCES)}")
     parts = {"data": cfg, "seed": ctx.config.get("seed")}
-    if source == "demo":  # a rebuilt demo run is new data
-        run = Path(cfg.get("run_dir") or "runs/demo").resolve()
-        parts["demo"] = {k: v["fingerprint"] for k, v in demo_markers(run).items()}
+    if source == "demo":
+        parts["demo"] = demo_fingerprints(cfg)
     return ctx.stage("data", parts, lambda folder: SOURCES[source](ctx, cfg, folder))
 
 

@@ -39,7 +39,7 @@ from clapkit.lalm.evaluate import label_accuracy, normalize_text, predict
 from clapkit.lalm.forgetting import choice_scores, load_text_qa, text_qa_metrics
 from clapkit.lalm.selflabel import describe_metadata
 from train.recipes.base import RecipeContext, stage_config, train_stage
-from train.recipes.clap_data import demo_markers
+from train.recipes.clap_data import demo_fingerprints
 from train.recipes.lalm_data import QUESTION, SOURCES, test_items
 
 __all__ = ["MODELS", "run"]
@@ -120,8 +120,7 @@ def _data(ctx: RecipeContext) -> dict[str, Any]:
 
     parts: dict[str, Any] = {"data": cfg, "seed": ctx.config.get("seed")}
     if source == "demo":
-        run_dir = Path(cfg.get("run_dir") or "runs/demo").resolve()
-        parts["demo"] = {k: v["fingerprint"] for k, v in demo_markers(run_dir).items()}
+        parts["demo"] = demo_fingerprints(cfg)
     return ctx.stage("data", parts, run)
 
 

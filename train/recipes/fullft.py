@@ -33,15 +33,14 @@ import torch
 
 from clapkit.audio import load_audio
 from clapkit.data.inputs import InputRecord
-from clapkit.data.writer import WriterConfig, write_shards
 from clapkit.evaluate.report import format_table
 from clapkit.io import atomic_write_json, atomic_write_text
 from clapkit.lalm.data import ConversationSample
 from clapkit.lalm.evaluate import label_accuracy, predict, wer
 from clapkit.lalm.forgetting import choice_scores, load_text_qa, text_qa_metrics
 from train.recipes.base import RecipeContext, train_stage
-from train.recipes.clap_data import demo_markers, read_records
-from train.recipes.lalm_data import DESCRIBE, QUESTION, SOURCES, _answer
+from train.recipes.clap_data import demo_fingerprints, read_records
+from train.recipes.lalm_data import DESCRIBE, QUESTION, SOURCES, class_answer, write_conversations
 
 __all__ = ["FOLLOWUPS", "LEVELS", "MODELS", "run"]
 
@@ -92,7 +91,6 @@ def _data(ctx: RecipeContext) -> dict[str, Any]:
         if "loudness" in followups:
             for r in train + test:
                 r["level"] = _level(r["audio"], rate, float(cfg["loud_db"]))
-        writer = WriterConfig(sample_rate=rate, require_captions=False, counterfactual_audio=False)
         stage1 = [
             InputRecord(r["audio"], {"conversation": _turns((DESCRIBE, r["caption"])), "labels": [r["label"]]})
             for r in train
@@ -102,7 +100,7 @@ def _data(ctx: RecipeContext) -> dict[str, Any]:
                 r["audio"],
                 {
                     "conversation": _turns(
-                        (QUESTION, _answer(aliases[r["label"]])), (FOLLOWUPS[kind], _followup_answer(kind, r))
+                        (QUESTION, class_answer(aliases[r["label"]])), (FOLLOWUPS[kind], _followup_answer(kind, r))
                     ),
                     "labels": [r["label"]],
                     "followup": kind,
@@ -111,12 +109,7 @@ def _data(ctx: RecipeContext) -> dict[str, Any]:
             for r in train
             for kind in followups
         ]
-        made = {}
-        for name, records in (("stage1", stage1), ("stage2", stage2)):
-            manifest = write_shards(records, folder / name, writer, source=f"recipe {ctx.name} {name}", progress=False)
-            if manifest.skipped:
-                raise RuntimeError(f"{folder / name}: {manifest.skipped} conversations skipped; see report.json")
-            made[name] = manifest.total
+        made = write_conversations(ctx, folder, {"stage1": stage1, "stage2": stage2}, rate)
         keys = ("audio", "label", "caption", "level")
         listing = atomic_write_text(
             folder / "test.jsonl", "".join(json.dumps({k: r[k] for k in keys if k in r}) + "\n" for r in test)
@@ -136,8 +129,7 @@ def _data(ctx: RecipeContext) -> dict[str, Any]:
 
     parts: dict[str, Any] = {"data": cfg, "seed": ctx.config.get("seed")}
     if source == "demo":
-        run_dir = Path(cfg.get("run_dir") or "runs/demo").resolve()
-        parts["demo"] = {k: v["fingerprint"] for k, v in demo_markers(run_dir).items()}
+        parts["demo"] = demo_fingerprints(cfg)
     return ctx.stage("data", parts, run)
 
 
@@ -176,7 +168,7 @@ def _samples(tests: list[dict[str, Any]], aliases: dict[str, list[str]], followu
     """Turn-1 questions, then each follow-up asked after the reference turn 1, for every held-out clip."""
     samples = []
     for i, t in enumerate(tests):
-        first = (QUESTION, _answer(aliases[t["label"]]))
+        first = (QUESTION, class_answer(aliases[t["label"]]))
         meta = {"kind": "label", "answer": t["label"], "turn": 1, "followup": None, "label": t["label"]}
         samples.append(ConversationSample.from_sources(f"t{i}", _turns(first)[:1], [t["audio"]], rate, meta))
         for kind in followups:

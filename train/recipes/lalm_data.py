@@ -23,15 +23,16 @@ from clapkit.data.inputs import InputRecord
 from clapkit.data.writer import WriterConfig, write_shards
 from clapkit.io import atomic_write_text
 from train.recipes.base import RecipeContext
-from train.recipes.clap_data import demo_markers, read_records, synthesize_clips
+from train.recipes.clap_data import demo_fingerprints, demo_markers, read_records, synthesize_clips
 
-__all__ = ["DESCRIBE", "QUESTION", "lalm_data", "test_items"]
+__all__ = ["DESCRIBE", "QUESTION", "class_answer", "lalm_data", "test_items", "write_conversations"]
 
 DESCRIBE = "<Audio>\nDescribe the sound."
 QUESTION = "<Audio>\nWhat sound is this? Answer in a few words."
 
 
-def _answer(names: list[str]) -> str:
+def class_answer(names: list[str]) -> str:
+    """The answer naming a class by its first name: ``["a dog", …]`` → "A dog."."""
     first = names[0]
     return first[:1].upper() + first[1:] + "."
 
@@ -89,23 +90,18 @@ def lalm_data(ctx: RecipeContext) -> dict[str, Any]:
 
     def run(folder: Path) -> dict[str, Any]:
         train, test, aliases = SOURCES[source](ctx, cfg, folder)
-        writer = WriterConfig(sample_rate=int(cfg["sample_rate"]), require_captions=False, counterfactual_audio=False)
         stage1 = [
             InputRecord(r["audio"], {"conversation": _turns(DESCRIBE, r["caption"]), "labels": [r["label"]]})
             for r in train
         ]
         stage2 = [
             InputRecord(
-                r["audio"], {"conversation": _turns(QUESTION, _answer(aliases[r["label"]])), "labels": [r["label"]]}
+                r["audio"],
+                {"conversation": _turns(QUESTION, class_answer(aliases[r["label"]])), "labels": [r["label"]]},
             )
             for r in train
         ]
-        made = {}
-        for name, records in (("stage1", stage1), ("stage2", stage2)):
-            manifest = write_shards(records, folder / name, writer, source=f"recipe {ctx.name} {name}", progress=False)
-            if manifest.skipped:
-                raise RuntimeError(f"{folder / name}: {manifest.skipped} conversations skipped; see report.json")
-            made[name] = manifest.total
+        made = write_conversations(ctx, folder, {"stage1": stage1, "stage2": stage2}, int(cfg["sample_rate"]))
         listing = atomic_write_text(
             folder / "test.jsonl", "".join(json.dumps({"audio": r["audio"], "label": r["label"]}) + "\n" for r in test)
         )
@@ -122,9 +118,23 @@ def lalm_data(ctx: RecipeContext) -> dict[str, Any]:
     # "names": clips keyed by class id and named by the demo's phrasings (data made before that is redone).
     parts: dict[str, Any] = {"data": cfg, "seed": ctx.config.get("seed"), "names": 2}
     if source == "demo":
-        run_dir = Path(cfg.get("run_dir") or "runs/demo").resolve()
-        parts["demo"] = {k: v["fingerprint"] for k, v in demo_markers(run_dir).items()}
+        parts["demo"] = demo_fingerprints(cfg)
     return ctx.stage("data", parts, run)
+
+
+def write_conversations(
+    ctx: RecipeContext, folder: Path, sets: Mapping[str, list[InputRecord]], sample_rate: int
+) -> dict[str, int]:
+    """Each named set of conversation records as shards in ``folder/<name>`` (audio stored at ``sample_rate``);
+    the number written per set. A record the writer skips (unreadable audio) stops the stage, naming the report."""
+    writer = WriterConfig(sample_rate=sample_rate, require_captions=False, counterfactual_audio=False)
+    made = {}
+    for name, records in sets.items():
+        manifest = write_shards(records, folder / name, writer, source=f"recipe {ctx.name} {name}", progress=False)
+        if manifest.skipped:
+            raise RuntimeError(f"{folder / name}: {manifest.skipped} conversations skipped; see its report.json")
+        made[name] = manifest.total
+    return made
 
 
 def _turns(question: str, answer: str) -> list[dict[str, str]]:

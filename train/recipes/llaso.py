@@ -41,7 +41,7 @@ from clapkit.lalm.forgetting import load_text_qa
 from clapkit.lalm.llaso import read_llaso
 from clapkit.tts import Synthesizer, Utterance
 from train.recipes.base import RecipeContext, train_stage
-from train.recipes.clap_data import demo_markers
+from train.recipes.clap_data import demo_fingerprints
 from train.recipes.lalm_data import DESCRIBE, SOURCES
 
 __all__ = ["INSTRUCTIONS", "LAYOUT_NAMES", "run"]
@@ -263,8 +263,7 @@ def _data(ctx: RecipeContext) -> dict[str, Any]:
 
     parts: dict[str, Any] = {"data": cfg, "seed": seed, "names": 2}  # clips keyed by class id (lalm_data._demo)
     if source == "demo":
-        run_dir = Path(cfg.get("run_dir") or "runs/demo").resolve()
-        parts["demo"] = {k: v["fingerprint"] for k, v in demo_markers(run_dir).items()}
+        parts["demo"] = demo_fingerprints(cfg)
     return ctx.stage("data", parts, run)
 
 

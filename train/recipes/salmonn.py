@@ -29,15 +29,14 @@ from typing import Any
 import soundfile as sf
 
 from clapkit.data.inputs import InputRecord
-from clapkit.data.writer import WriterConfig, write_shards
 from clapkit.evaluate.report import format_table
 from clapkit.io import atomic_write_json, atomic_write_text
 from clapkit.lalm.data import ConversationSample
 from clapkit.lalm.evaluate import cer, extract_label, label_accuracy, predict, wer
 from clapkit.tts import Synthesizer, plan_utterances
 from train.recipes.base import RecipeContext, train_stage
-from train.recipes.clap_data import demo_markers, read_records
-from train.recipes.lalm_data import DESCRIBE, QUESTION, SOURCES
+from train.recipes.clap_data import demo_fingerprints, read_records
+from train.recipes.lalm_data import DESCRIBE, QUESTION, SOURCES, write_conversations
 
 __all__ = ["MODELS", "TRANSCRIBE", "VOCABULARY", "make_sentences", "run"]
 
@@ -152,13 +151,7 @@ def _data(ctx: RecipeContext) -> dict[str, Any]:
             "stage1": asr + [record(r["audio"], DESCRIBE, r["caption"], "caption", [r["label"]]) for r in sounds],
             "stage2": asr + [record(r["audio"], QUESTION, name(r["label"]), "sound", [r["label"]]) for r in sounds],
         }
-        writer = WriterConfig(sample_rate=rate, require_captions=False, counterfactual_audio=False)
-        made = {}
-        for stage, records in stages.items():
-            manifest = write_shards(records, folder / stage, writer, source=f"recipe salmonn {stage}", progress=False)
-            if manifest.skipped:
-                raise RuntimeError(f"{folder / stage}: {manifest.skipped} conversations skipped; see report.json")
-            made[stage] = manifest.total
+        made = write_conversations(ctx, folder, stages, rate)
         lines = {
             "speech_test": "".join(json.dumps(s) + "\n" for s in spoken_test),
             "sound_test": "".join(json.dumps({"audio": r["audio"], "label": r["label"]}) + "\n" for r in sound_test),
@@ -183,8 +176,7 @@ def _data(ctx: RecipeContext) -> dict[str, Any]:
 
     parts: dict[str, Any] = {"data": cfg, "seed": seed, "synthesizer": synth.version()}
     if source == "demo":
-        run_dir = Path(cfg.get("run_dir") or "runs/demo").resolve()
-        parts["demo"] = {k: v["fingerprint"] for k, v in demo_markers(run_dir).items()}
+        parts["demo"] = demo_fingerprints(cfg)
     return ctx.stage("data", parts, run)
 
 
