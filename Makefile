@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 DEMO_APT := tuxpaint-stamps-default minetest-data gcompris-qt-data sonic-pi-samples fluid-soundfont-gm \
 	scorched3d-data lincity-ng-data btanks-data heroes-sound-effects hedgewars-data wesnoth-1.16-data freeciv-data \
 	megaglest-data \
-	timgm6mb-soundfont espeak-ng flite asterisk-core-sounds-en-wav
+	timgm6mb-soundfont csound-soundfont espeak-ng flite asterisk-core-sounds-en-wav
 TEST_APT := chromium chromium-driver
 
 # Installed without their dependencies: laion-clap's pins would replace our torch stack; the model

@@ -367,19 +367,27 @@ def _split(
             dropped.append({"class": name, "reason": f"{len(items)} clips, fewer than min_clips={cmap.min_clips}"})
             continue
         fixed = {job.group: job.source.split for job, _ in items if job.source.split}
+        # Packages that share samples are one source: held out together (PackageSpec.source).
+        hold_out = spec.cross_source
+        if isinstance(hold_out, str):
+            hold_out = cmap.packages[hold_out].source
         try:
             splits, package, reason = assign_source_splits(
-                [r.source_package for _, r in items],
+                [cmap.packages[r.source_package].source for _, r in items],
                 [r.group for _, r in items],
                 cmap.test_fraction,
                 salt=name,
                 min_clips=cmap.min_clips,
                 fixed=fixed,
-                hold_out=spec.cross_source,
+                hold_out=hold_out,
             )
         except ValueError as err:
             dropped.append({"class": name, "reason": str(err)})
             continue
+        sharing = sorted({r.source_package for _, r in items} - {package}) if package else []
+        sharing = [p for p in sharing if cmap.packages[p].source == package]
+        if sharing:
+            reason += f"; with {', '.join(sharing)}, which shares its samples"
         cross[name] = {"package": package, "reason": reason}
         for _, rec in items:
             rec.split = splits[rec.group]

@@ -6,7 +6,7 @@ A class map is a JSON file (see ``resources/debian_sounds.json``)::
      "render_captions": {"pitched": [templates], "drums": [templates]},
      "packages": {name: {"root": dir, "short": tag, "license": fallback, "copyright": DEP-5 file,
                          "dep5_map": [[installed prefix, upstream prefix]], "soundfont": file,
-                         "synthesizer": program}},
+                         "synthesizer": program, "shares_samples_with": package}},
      "classes": {name: {"label": text, "kind": "event" | "instrument" | "speech", "captions": [...],
                         "note": review note, "sources": [source, ...], "excluded": [exclusion, ...],
                         "cross_source_package": package | false,
@@ -27,7 +27,9 @@ records why it was left out.
 
 ``cross_source_package`` decides which package of a class with clips from several packages is held out as
 the cross-source split (see ``curation.assign_source_splits``): left out, the builder chooses one; a package
-name pins that one; ``false`` (or ``null``) holds out none.
+name pins that one; ``false`` (or ``null``) holds out none. A package whose recordings are partly another's
+(``"shares_samples_with"``: one SoundFont built from another's samples) is not a source of its own: the two are
+one source for the split, held out together, so the cross split never hears audio the class trained on.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ SPLITS = ("train", "test")
 
 @dataclass(frozen=True)
 class PackageSpec:
-    """Where a Debian package's files are and under which license they come."""
+    """Where a Debian package's files are and under which license they come; ``shares_samples_with``: the package
+    whose recordings it reuses (one source with it in the cross split)."""
 
     name: str
     root: Path
@@ -61,6 +64,13 @@ class PackageSpec:
     dep5_map: tuple[tuple[str, str], ...] = ()
     soundfont: str | None = None
     synthesizer: str | None = None
+    shares_samples_with: str | None = None
+
+    @property
+    def source(self) -> str:
+        """The source this package's clips belong to in the cross split: the package whose samples it shares,
+        or itself."""
+        return self.shares_samples_with or self.name
 
     def installed(self) -> bool:
         """Whether the package is there: its root, its SoundFont file, its synthesizer program."""
@@ -189,7 +199,15 @@ def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 def _package(name: str, raw: Mapping[str, Any], base: Path) -> PackageSpec:
     where = f"packages.{name}"
-    _check_keys(raw, {"root", "short", "license", "copyright", "dep5_map", "soundfont", "synthesizer", "note"}, where)
+    _check_keys(
+        raw,
+        {"root", "short", "license", "copyright", "dep5_map", "soundfont", "synthesizer", "note"}
+        | {"shares_samples_with"},
+        where,
+    )
+    shares = raw.get("shares_samples_with")
+    if shares is not None and (not isinstance(shares, str) or shares == name):
+        raise ValueError(f"{where}: shares_samples_with must name another package, got {shares!r}")
     copyright_path = raw.get("copyright")
     synthesizer = raw.get("synthesizer")
     if synthesizer is not None and synthesizer not in SYNTHESIZERS:
@@ -203,6 +221,7 @@ def _package(name: str, raw: Mapping[str, Any], base: Path) -> PackageSpec:
         dep5_map=tuple((str(a), str(b)) for a, b in raw.get("dep5_map", [])),
         soundfont=raw.get("soundfont"),
         synthesizer=synthesizer,
+        shares_samples_with=shares,
     )
 
 
@@ -398,6 +417,13 @@ def load_class_map(source: str | Path | Mapping[str, Any]) -> ClassMap:
         str(path or "class map"),
     )
     packages = {n: _package(n, p, base) for n, p in _need(raw, "packages", "class map", dict).items()}
+    for package in packages.values():
+        shares = package.shares_samples_with
+        if shares is not None and (shares not in packages or packages[shares].shares_samples_with is not None):
+            raise ValueError(
+                f"packages.{package.name}: shares_samples_with {shares!r} must be a package of the class map that "
+                "shares with none itself"
+            )
     process = _need(raw, "process", "class map", dict) if "process" in raw else {}
     classes = {n: _class(n, c, packages, process) for n, c in _need(raw, "classes", "class map", dict).items()}
     captions = raw.get("render_captions", {})

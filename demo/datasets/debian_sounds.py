@@ -3,8 +3,9 @@
 The sources are game and education packages whose audio nobody on this project recorded
 (tuxpaint-stamps-default, minetest-data, gcompris-qt-data, sonic-pi-samples, scorched3d-data,
 lincity-ng-data, btanks-data, heroes-sound-effects, hedgewars-data, wesnoth-1.16-data, freeciv-data,
-megaglest-data), two General MIDI SoundFonts rendered note by note (fluid-soundfont-gm,
-timgm6mb-soundfont), Asterisk's recorded English telephone prompts (asterisk-core-sounds-en-wav) and
+megaglest-data), three General MIDI SoundFonts rendered note by note (fluid-soundfont-gm,
+timgm6mb-soundfont, and csound-soundfont, one source with it in the cross split), Asterisk's
+recorded English telephone prompts (asterisk-core-sounds-en-wav) and
 words spoken by the espeak-ng and flite synthesizers. Which files make which class, and which files
 were left out and why, is the reviewed class map ``resources/debian_sounds.json``; see docs/data.md.
 """
@@ -36,6 +37,7 @@ APT_PACKAGES = (
     "freeciv-data",
     "megaglest-data",
     "timgm6mb-soundfont",
+    "csound-soundfont",
     "espeak-ng",
     "flite",
     "asterisk-core-sounds-en-wav",

@@ -13,18 +13,23 @@ from demo.datasets import class_map_fingerprint, load_class_map
 from demo.datasets.curation import assign_source_splits, assign_splits
 
 
-def assert_no_split_leaks(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """Fail if, within a class, a source package is in the cross split and in train or test, or a recording group
-    is in two splits; ``class → held-out package`` of the classes with a cross split.
+def assert_no_split_leaks(
+    records: Iterable[Mapping[str, Any]], sources: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Fail if, within a class, a source is in the cross split and in train or test, or a recording group is in
+    two splits; ``class → held-out source`` of the classes with a cross split.
 
     Args:
         records: Clip records with ``class``, ``split``, ``source_package`` and ``group``.
+        sources: ``package → source`` for packages that share samples with another (``PackageSpec.source``);
+            a package not in it is a source of its own.
     """
+    sources = sources or {}
     packages: dict[tuple[str, str], set[str]] = defaultdict(set)
     groups: dict[tuple[str, str], set[str]] = defaultdict(set)
     for rec in records:
         assert rec["split"] in ("train", "test", "cross"), rec
-        packages[rec["class"], rec["split"]].add(rec["source_package"])
+        packages[rec["class"], rec["split"]].add(sources.get(rec["source_package"], rec["source_package"]))
         groups[rec["class"], rec["group"]].add(rec["split"])
     for (cls, group), splits in groups.items():
         assert len(splits) == 1, f"{cls}: recording group {group} is in {sorted(splits)}"
@@ -32,9 +37,9 @@ def assert_no_split_leaks(records: Iterable[Mapping[str, Any]]) -> dict[str, str
     for (cls, split), names in packages.items():
         if split != "cross":
             continue
-        assert len(names) == 1, f"{cls}: cross split from several packages {sorted(names)}"
+        assert len(names) == 1, f"{cls}: cross split from several sources {sorted(names)}"
         leaked = names & (packages.get((cls, "train"), set()) | packages.get((cls, "test"), set()))
-        assert not leaked, f"{cls}: package {sorted(leaked)} in cross and in train/test"
+        assert not leaked, f"{cls}: source {sorted(leaked)} in cross and in train/test"
         assert packages.get((cls, "train")) and packages.get((cls, "test")), f"{cls}: cross without train + test"
         held_out[cls] = next(iter(names))
     return held_out
@@ -168,6 +173,36 @@ def test_class_map_cross_source_package_is_validated() -> None:
     raw["classes"]["cat"]["cross_source_package"] = "pkg-a"
     with pytest.raises(ValueError, match="classes.cat: cross_source_package 'pkg-a' names the class's only package"):
         load_class_map(raw)
+
+
+def test_packages_sharing_samples_are_one_source() -> None:
+    raw = _class_map()
+    raw["packages"]["pkg-c"] = {"root": ".", "short": "c", "license": "CC0-1.0", "shares_samples_with": "pkg-b"}
+    cmap = load_class_map(raw)
+    assert [cmap.packages[n].source for n in ("pkg-a", "pkg-b", "pkg-c")] == ["pkg-a", "pkg-b", "pkg-b"]
+    # What the builder hands the split: pkg-c's clips count as pkg-b's, so both are held out together or neither.
+    packages, groups = _clips({"pkg-a": 4, "pkg-b": 2, "pkg-c": 2})
+    sources = [cmap.packages[p].source for p in packages]
+    splits, held, _ = assign_source_splits(sources, groups, 0.25, salt="dog", min_clips=3, hold_out="pkg-b")
+    assert held == "pkg-b" and [splits[g] for g in groups[4:]] == ["cross"] * 4
+    records = _as_records("dog", packages, groups, splits)
+    assert assert_no_split_leaks(records, {"pkg-c": "pkg-b"}) == {"dog": "pkg-b"}
+    # Without the mapping the leak check sees two packages in the cross split; with a pkg-c clip in train, a leak.
+    with pytest.raises(AssertionError, match="cross split from several sources"):
+        assert_no_split_leaks(records)
+    leaky = [dict(r, split="train") if r["group"] == "pkg-c:rec0" else r for r in records]
+    with pytest.raises(AssertionError, match=r"source \['pkg-b'\] in cross and in train/test"):
+        assert_no_split_leaks(leaky, {"pkg-c": "pkg-b"})
+    for bad, match in (("pkg-x", "must be a package of the class map"), ("pkg-c", "must name another package")):
+        wrong = _class_map()
+        wrong["packages"]["pkg-c"] = {"root": ".", "short": "c", "license": "CC0-1.0", "shares_samples_with": bad}
+        with pytest.raises(ValueError, match=match):
+            load_class_map(wrong)
+    chain = _class_map()
+    chain["packages"]["pkg-b"]["shares_samples_with"] = "pkg-a"
+    chain["packages"]["pkg-a"]["shares_samples_with"] = "pkg-b"
+    with pytest.raises(ValueError, match="shares with none itself"):
+        load_class_map(chain)
 
 
 def test_class_map_fingerprint_follows_the_cross_source_choice(monkeypatch) -> None:

@@ -15,6 +15,8 @@ from demo.datasets.render import NoteRenderer
 from tests.demo.datasets.test_cross_source import assert_no_split_leaks
 
 RAW = json.loads(DEFAULT_CLASS_MAP.read_text())
+#: package → source in the cross split (csound-soundfont shares TimGM6mb's samples)
+SOURCES = {name: pkg.source for name, pkg in load_class_map(DEFAULT_CLASS_MAP).packages.items()}
 MISSING = [name for name, pkg in load_class_map(DEFAULT_CLASS_MAP).packages.items() if not pkg.installed()]
 needs_packages = pytest.mark.skipif(
     bool(MISSING), reason=f"Debian packages not installed: {' '.join(MISSING)} (make venv installs them)"
@@ -39,15 +41,20 @@ def test_every_source_of_the_shipped_class_map_resolves() -> None:
     assert len(multi) >= 35, sorted(set(events) - set(multi))
     instruments = [c for c in cmap.classes.values() if c.kind == "instrument"]
     assert len(instruments) >= 60
-    for cls in instruments:  # every rendered instrument comes from both SoundFonts
+    soundfonts = {"fluid-soundfont-gm", "timgm6mb-soundfont", "csound-soundfont"}
+    for cls in instruments:  # every rendered instrument comes from the three SoundFonts
         rendered = {s.package for s in cls.sources if s.render is not None}
-        assert rendered in (set(), {"fluid-soundfont-gm", "timgm6mb-soundfont"}), cls.name
+        assert rendered in (set(), soundfonts), cls.name
+    # Csound's GM bank reuses TimGM6mb's samples: one source. SoundFonts built on FluidR3's samples are left out.
+    assert {n for n, s in SOURCES.items() if n != s} == {"csound-soundfont"}
+    assert SOURCES["csound-soundfont"] == "timgm6mb-soundfont"
+    assert not {"musescore-general-soundfont-small", "fluidr3mono-gm-soundfont", "fluid-soundfont-gs"} & set(SOURCES)
     assert all(report["planned"][name] >= cmap.min_clips for name in cmap.classes)
 
 
 @needs_packages
 def test_build_a_slice_of_debian_sounds(tmp_path: Path) -> None:
-    """dog (tuxpaint, gcompris .rcc, scorched3d), fire (minetest), tom_drum (sonic-pi, tuxpaint, two SoundFonts),
+    """dog (tuxpaint, gcompris .rcc, scorched3d), fire (minetest), tom_drum (sonic-pi, tuxpaint, three SoundFonts),
     violin (GM notes)."""
     raw = dict(RAW, classes={k: RAW["classes"][k] for k in ("dog", "fire", "tom_drum", "violin")})
     raw["classes"]["violin"] = dict(raw["classes"]["violin"], sources=raw["classes"]["violin"]["sources"][:1])
@@ -55,12 +62,18 @@ def test_build_a_slice_of_debian_sounds(tmp_path: Path) -> None:
     counts = result.counts()
     # dog: three gcompris clips, one tuxpaint clip, two scorched3d clips; the hash holds scorched3d out.
     assert counts["dog"] == {"train": 3, "test": 1, "cross": 2}
-    held_out = assert_no_split_leaks(r.to_json() for r in result.records)
+    held_out = assert_no_split_leaks((r.to_json() for r in result.records), SOURCES)
     assert held_out == {"dog": "scorched3d-data", "fire": "wesnoth-1.16-data", "tom_drum": "timgm6mb-soundfont"}
-    assert counts["tom_drum"]["cross"] == 18  # every TimGM6mb render of the class
-    # Any of tom_drum's packages leaves enough clips; the hash of class and package picks TimGM6mb.
+    # Every TimGM6mb render of the class and every Csound render (its samples are TimGM6mb's): 18 + 18.
+    toms = [r for r in result.records if r.cls == "tom_drum"]
+    assert {r.source_package for r in toms if r.split == "cross"} == {"timgm6mb-soundfont", "csound-soundfont"}
+    assert counts["tom_drum"]["cross"] == 36
+    assert not [r for r in toms if r.source_package == "csound-soundfont" and r.split != "cross"]
+    # Any of tom_drum's sources leaves enough clips; the hash of class and source picks TimGM6mb.
     eligible = "['fluid-soundfont-gm', 'sonic-pi-samples', 'timgm6mb-soundfont', 'tuxpaint-stamps-default']"
-    assert result.cross_sources["tom_drum"]["reason"] == f"chosen by hash among {eligible}"
+    assert result.cross_sources["tom_drum"]["reason"] == (
+        f"chosen by hash among {eligible}; with csound-soundfont, which shares its samples"
+    )
     assert result.cross_sources["violin"] == {"package": None, "reason": "one package (fluid-soundfont-gm)"}
     assert counts["fire"]["cross"] == 2 and counts["violin"]["cross"] == 0
     assert sum(counts["violin"].values()) == 10  # 5 keys x 2 velocities
@@ -139,8 +152,8 @@ def test_note_renderer_plays_the_requested_pitch_and_hits() -> None:
 
 
 @needs_packages
-def test_build_speech_and_two_soundfont_classes(tmp_path: Path) -> None:
-    """say_seven (espeak-ng, flite, Asterisk, Tux Paint) and marimba (FluidR3 + TimGM6mb renders)."""
+def test_build_speech_and_soundfont_classes(tmp_path: Path) -> None:
+    """say_seven (espeak-ng, flite, Asterisk, Tux Paint) and marimba (FluidR3, TimGM6mb and Csound renders)."""
     raw = dict(RAW, classes={k: RAW["classes"][k] for k in ("say_seven", "marimba")})
     result = build_dataset(tmp_path, load_class_map(raw), progress=False)
     seven = [r for r in result.records if r.cls == "say_seven"]
@@ -158,13 +171,19 @@ def test_build_speech_and_two_soundfont_classes(tmp_path: Path) -> None:
     assert all(0.4 <= r.duration < 2.0 for r in seven)  # one word; the class keeps clips from 0.4 s
     assert len({r.group for r in seven if r.split == "test"}) >= 1
     assert {r.split for r in seven} == {"train", "test", "cross"}
-    assert_no_split_leaks(r.to_json() for r in result.records)
+    assert_no_split_leaks((r.to_json() for r in result.records), SOURCES)
 
     marimba = [r for r in result.records if r.cls == "marimba"]
-    assert {r.source_package for r in marimba} == {"fluid-soundfont-gm", "timgm6mb-soundfont"}
-    assert len(marimba) == 24 and {r.attributes["velocity"] for r in marimba} == {55, 85, 110}
+    assert {r.source_package for r in marimba} == {"fluid-soundfont-gm", "timgm6mb-soundfont", "csound-soundfont"}
+    assert len(marimba) == 24 + 8 and {r.attributes["velocity"] for r in marimba} == {55, 85, 110}
     assert {r.license for r in marimba if r.source_package == "timgm6mb-soundfont"} == {"GPL-2"}
-    # The two SoundFonts' C4 differ, and both peak at a harmonic of 261.6 Hz.
+    assert {r.license for r in marimba if r.source_package == "csound-soundfont"} == {"public-domain"}
+    # Csound's marimba is TimGM6mb's samples (why the two are one source): the same C4, spectrum for spectrum.
+    c4 = [r for r in marimba if r.attributes["pitch"] == "C4" and r.attributes["velocity"] == 110]
+    timgm, csound = (next(r for r in c4 if r.source_package == p) for p in ("timgm6mb-soundfont", "csound-soundfont"))
+    same = [np.log1p(np.abs(np.fft.rfft(sf.read(tmp_path / r.audio)[0][:44100]))) for r in (timgm, csound)]
+    assert np.corrcoef(*same)[0, 1] > 0.99
+    # The two independent SoundFonts' C4 differ, and both peak at a harmonic of 261.6 Hz.
     spectra = []
     for package in ("fluid-soundfont-gm", "timgm6mb-soundfont"):
         rec = next(
