@@ -5,6 +5,9 @@ encoder) as readily as the sound. Each transform here varies one of those traits
 in :class:`AugmentConfig`, built on ``torchaudio.functional``:
 
 ==============  ==========================================================================================
+``speed``       played faster or slower by a random number of semitones (pitch and tempo together, as a tape
+                or a sampler transposing a recording; ``resample``), cut or zero-padded back to the input's
+                length. Off by default (``p=0``): captions may name pitch ("a high note") or rate ("fast")
 ``gain``        level change in dB (``gain``)
 ``eq``          1–N peaking filters at random centre frequencies, gains and Qs (``equalizer_biquad``)
 ``reverb``      convolution with a synthetic room response: exponentially decaying noise of a random RT60,
@@ -53,6 +56,7 @@ __all__ = [
     "NoiseConfig",
     "ResampleConfig",
     "ReverbConfig",
+    "SpeedConfig",
     "augment",
     "coloured_noise",
     "mix_seed",
@@ -67,10 +71,17 @@ Transform = Callable[[torch.Tensor, int, Any, torch.Generator], torch.Tensor]
 TRANSFORMS: Registry[Transform] = Registry("augmentation")
 
 #: The fixed chain order: the source (level, colour, room), then the recording path (band, rate, noise, codec).
-ORDER: tuple[str, ...] = ("gain", "eq", "reverb", "bandlimit", "resample", "noise", "codec")
+ORDER: tuple[str, ...] = ("speed", "gain", "eq", "reverb", "bandlimit", "resample", "noise", "codec")
 
 
 # ---------------------------------------------------------------------------------------------- config
+@dataclass
+class SpeedConfig:
+    # Off by default: a transposed sound may no longer match a caption that names its pitch or its rate.
+    p: float = 0.0
+    semitones: Range = (-3.0, 3.0)  # pitch change (tempo changes by the same factor), uniform; within ±12
+
+
 @dataclass
 class GainConfig:
     p: float = 0.5  # probability the transform runs
@@ -131,12 +142,13 @@ class AugmentConfig:
         transforms: Names of the transforms that may run (a subset of ``ORDER``; they always run in that order).
         seed: Mixed into every item's seed: another value gives another augmentation of the same items.
         peak: Largest absolute sample value of the output; a louder result is scaled down to it (0.99 ≈ -0.1 dBFS).
-        gain, eq, reverb, bandlimit, resample, noise, codec: Each transform's probability and ranges.
+        speed, gain, eq, reverb, bandlimit, resample, noise, codec: Each transform's probability and ranges.
     """
 
     transforms: tuple[str, ...] = ORDER
     seed: int = 0
     peak: float = 0.99
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     gain: GainConfig = field(default_factory=GainConfig)
     eq: EqConfig = field(default_factory=EqConfig)
     reverb: ReverbConfig = field(default_factory=ReverbConfig)
@@ -160,6 +172,8 @@ class AugmentConfig:
                     continue
                 if value[0] > value[1]:
                     raise ValueError(f"augment.{name}.{key}={value}: expected (min, max) with min ≤ max")
+        if not -12 <= self.speed.semitones[0] <= self.speed.semitones[1] <= 12:
+            raise ValueError(f"augment.speed.semitones={self.speed.semitones}: expected (min, max) within ±12")
         if self.eq.bands[0] < 1 or self.codec.bits[0] < 2 or self.codec.bits[1] > 16 or self.bandlimit.stages < 1:
             raise ValueError(
                 f"augment: eq.bands {self.eq.bands} must be ≥ 1, codec.bits {self.codec.bits} within [2, 16], "
@@ -214,6 +228,21 @@ def _unclamped(filters: Callable[[torch.Tensor], torch.Tensor], wave: torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------- transforms
+@TRANSFORMS.register("speed")
+def _speed(wave: torch.Tensor, rate: int, cfg: SpeedConfig, gen: torch.Generator) -> torch.Tensor:
+    # Played back ``factor`` times faster: resampled to rate / factor and read at ``rate``. The target rate is
+    # rounded to 100 Hz so the resampling ratio (and torchaudio's windowed-sinc kernel) stays small.
+    factor = 2.0 ** (_uniform(gen, cfg.semitones) / 12.0)
+    target = max(100, round(rate / factor / 100) * 100)
+    if target == rate:
+        return wave
+    out = AF.resample(wave, rate, target)
+    length = wave.shape[-1]
+    if out.shape[-1] >= length:
+        return out[..., :length]
+    return torch.nn.functional.pad(out, (0, length - out.shape[-1]))
+
+
 @TRANSFORMS.register("gain")
 def _gain(wave: torch.Tensor, rate: int, cfg: GainConfig, gen: torch.Generator) -> torch.Tensor:
     return AF.gain(wave, _uniform(gen, cfg.db))

@@ -13,6 +13,7 @@ from clapkit.augment import (
     TRANSFORMS,
     AugmentConfig,
     Augmenter,
+    SpeedConfig,
     augment,
     coloured_noise,
     mix_seed,
@@ -230,3 +231,27 @@ def test_from_mapping_reads_yaml_shapes():
     cfg = AugmentConfig.from_mapping({"transforms": ["noise", "gain"], "gain": {"db": [-3, 3]}, "seed": 2})
     assert cfg.transforms == ("noise", "gain") and cfg.gain.db == (-3.0, 3.0) and cfg.seed == 2
     assert [name for name, _ in Augmenter(cfg).chain] == ["gain", "noise"]  # the fixed order, whatever the listing
+
+
+def test_speed_transposes_by_the_drawn_semitones_and_keeps_the_length():
+    t = torch.arange(RATE) / RATE
+    wave = 0.5 * torch.sin(2 * math.pi * 440 * t)
+
+    def peak_hz(x: torch.Tensor) -> float:
+        spectrum = torch.fft.rfft(x.double()[: RATE // 2]).abs()
+        return float(torch.fft.rfftfreq(RATE // 2, 1 / RATE)[spectrum.argmax()])
+
+    up = augment(wave, RATE, seed=0, config=only("speed", semitones=(3.0, 3.0)))
+    down = augment(wave, RATE, seed=0, config=only("speed", semitones=(-3.0, -3.0)))
+    assert up.shape == down.shape == wave.shape
+    assert peak_hz(up) == pytest.approx(440 * 2 ** (3 / 12), rel=0.01)  # 523 Hz (target rate rounded to 100 Hz)
+    assert peak_hz(down) == pytest.approx(440 * 2 ** (-3 / 12), rel=0.01)  # 370 Hz
+    # Faster: the tone ends early and the rest is silence; slower: the window is cut.
+    assert float(up[-RATE // 10 :].abs().max()) == 0.0 and float(down[-RATE // 10 :].abs().max()) > 0.4
+    # Seeded like the others, and off unless asked for: captions may name the pitch or the rate.
+    drawn = only("speed")
+    assert torch.equal(augment(wave, RATE, seed=5, config=drawn), augment(wave, RATE, seed=5, config=drawn))
+    assert not torch.equal(augment(wave, RATE, seed=5, config=drawn), augment(wave, RATE, seed=6, config=drawn))
+    assert AugmentConfig().speed.p == 0.0
+    with pytest.raises(ValueError, match="augment.speed.semitones"):
+        AugmentConfig(speed=SpeedConfig(semitones=(-13.0, 0.0)))
