@@ -384,8 +384,9 @@ def _split(
         except ValueError as err:
             dropped.append({"class": name, "reason": str(err)})
             continue
-        sharing = sorted({r.source_package for _, r in items} - {package}) if package else []
-        sharing = [p for p in sharing if cmap.packages[p].source == package]
+        # The packages held out with ``package`` because they share its samples (none when nothing is held out).
+        shared = {r.source_package for _, r in items if cmap.packages[r.source_package].shares_samples_with}
+        sharing = sorted(p for p in shared if cmap.packages[p].shares_samples_with == package)
         if sharing:
             reason += f"; with {', '.join(sharing)}, which shares its samples"
         cross[name] = {"package": package, "reason": reason}
