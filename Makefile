@@ -43,6 +43,10 @@ define apt_install
 	fi
 endef
 
+# pytest-xdist workers for `make test` (one per core here; each test file runs whole in one worker, so a
+# module's fixtures are built once).
+TEST_WORKERS ?= 2
+
 .PHONY: venv venv-demo test lint format demo clean bench
 
 venv: $(STAMP) $(APT_STAMP)
@@ -82,7 +86,7 @@ format: venv
 test:
 	@$(MAKE) --no-print-directory -j2 venv
 	@$(MAKE) --no-print-directory lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo:
 	@$(MAKE) --no-print-directory -j2 venv-demo

@@ -14,6 +14,15 @@ import torch
 
 import clapkit
 
+# `make test` runs the suite in pytest-xdist workers (one per core). Each worker and the processes its tests start
+# get their share of the cores: torch's intra-op threads of one worker spinning against another's make both
+# several times slower.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(_THREADS)
+
 TINY_RATE = 16000  # Hz
 
 #: A ~1 M-parameter HTSAT + CLIP-text model: 1 s clips at 16 kHz, 16 mels.
