@@ -41,7 +41,8 @@ from demo.pipeline import Demo, quiet_libraries
 
 #: The targets: (metric, treatment arm, baseline arm, the treatment's least mean, the least difference). Each is met
 #: when the treatment's mean reaches the level, the difference exceeds 2 unpaired SE, and zero-shot top-1 is not
-#: lower. CompA-order: ≥ +5 points over infonce; CompA-attribute: the group score ≥ 25 % (chance 16.7 %).
+#: lower by more than 2 SE. CompA-order: ≥ +5 points over infonce; CompA-attribute: the group score ≥ 25 %
+#: (chance 16.7 %).
 TARGETS = (
     ("compa_order.group_score", "compa_hardneg", "infonce", 0.0, 0.05),
     ("compa_attribute.group_score", "compa_hardneg", "infonce", 0.25, 0.0),
@@ -131,7 +132,9 @@ def _compare(
         (statistics.variance([za[s] for s in seeds]) + statistics.variance([zb[s] for s in seeds])) / len(seeds)
     )
     separated = mean >= margin and mean > 2 * se_unpaired and level_mean >= level
-    met = separated and zs_diff >= 0
+    # "Not lower" is judged like the targets themselves: lower means lower by more than 2 standard errors.
+    zs_lower = zs_diff < -2 * zs_se
+    met = separated and not zs_lower
     stats = {
         "metric": key,
         "treatment": treated,
@@ -143,6 +146,7 @@ def _compare(
         "se_paired": se_paired,
         "zeroshot_top1_difference": zs_diff,
         "zeroshot_top1_se_unpaired": zs_se,
+        "zeroshot_top1_lower": zs_lower,
         "met": met,
     }
     lines = [
@@ -156,7 +160,7 @@ def _compare(
         verdict += f" (separated; zero-shot top-1 lower by {100 * -zs_diff:.1f} points, {-zs_diff / zs_se:.1f} SE)"
     wanted = [f"{treated} mean ≥ {100 * level:.0f} %"] if level else []
     wanted += [f"≥ {100 * margin:+.0f} points"] if margin else []
-    lines.append(f"target ({', '.join([*wanted, '> 2 SE', 'zero-shot not lower'])}): {verdict}")
+    lines.append(f"target ({', '.join([*wanted, '> 2 SE', 'zero-shot not lower by > 2 SE'])}): {verdict}")
     return stats, lines
 
 

@@ -49,3 +49,20 @@ def test_attribute_below_the_level_or_within_noise_is_not_met():
 def test_one_seed_gives_no_comparison():
     runs = [_run("infonce", 0, 0.01, 0.0, 0.5), _run("compa_hardneg", 0, 0.3, 0.3, 0.5)]
     assert _targets(runs) == {}
+
+
+def test_zero_shot_guard_is_judged_in_standard_errors():
+    # compa_hardneg's zero-shot is 0.5 points lower in the mean, well within its noise (SE ~1.4 points): met.
+    noisy = [0.57, 0.60, 0.58, 0.61, 0.59]
+    runs = [_run("infonce", s, 0.01, 0.003, noisy[s]) for s in range(5)]
+    runs += [_run("compa_hardneg", s, 0.22 + 0.01 * s, 0.30 + 0.01 * s, noisy[s] - 0.005) for s in range(5)]
+    order = _targets(runs)["compa_order.group_score"]
+    assert order["zeroshot_top1_difference"] == pytest.approx(-0.005)
+    assert not order["zeroshot_top1_lower"] and order["met"]
+    # Lower by 3 points with little spread (SE ~0.5 points): more than 2 SE, so not met although separated.
+    runs = [_run("infonce", s, 0.01, 0.003, 0.60 + 0.005 * (s % 2)) for s in range(5)]
+    runs += [_run("compa_hardneg", s, 0.22 + 0.01 * s, 0.30 + 0.01 * s, 0.57 + 0.005 * (s % 2)) for s in range(5)]
+    order = _targets(runs)["compa_order.group_score"]
+    assert order["zeroshot_top1_lower"] and not order["met"]
+    lines, _ = summarize(runs, ARMS)
+    assert "NOT met (separated; zero-shot top-1 lower by 3.0 points" in lines
