@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,31 @@ def write_overlay(path: Path, callbacks: list[dict]) -> Path:
     """A YAML overlay (JSON is YAML) that adds callbacks to ``trainer.callbacks``."""
     path.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
     return path
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Poll until ``path`` exists while ``proc`` (a recipe or training run) works towards it; fail, with the run's
+    output, if it ends first, and kill it if ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the recipe ended (exit {proc.returncode}) before {path} appeared:\n{proc.stdout.read()}"
+            )
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear in {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct from the packaged GGUF, saved once as a transformers folder: the same weights as
+    ``llm: smollm2``, but each load in a recipe takes a second instead of the GGUF conversion's ~15 s."""
+    from clapkit.lalm.io import load_llm
+
+    folder = tmp_path_factory.mktemp("smollm2")
+    llm, tokenizer = load_llm("smollm2", progress=False)
+    llm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

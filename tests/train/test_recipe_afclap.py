@@ -11,8 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from clapkit.steps import DONE
-from tests.train.conftest import run_train
-from tests.train.test_recipes import _wait_for
+from tests.train.conftest import run_train, wait_for
 
 LALM_STAGES = ("xattn_stage1", "xattn_stage2")
 
@@ -25,7 +24,7 @@ def test_afclap_tiny_paraphrases_trains_and_runs_long_audio_through_xattn_and_re
     out = tmp_path / "afclap"
     args = ["recipe", "afclap", "--scale", "tiny", "--out", str(out), "--quiet"]
     first = run_train(args, cwd=tmp_path)
-    _wait_for(out / "afclap" / DONE, first, timeout=600)
+    wait_for(out / "afclap" / DONE, first, timeout=600)
     first.kill()
     first.communicate()
     assert not (out / "results.json").exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -17,36 +16,10 @@ from safetensors.torch import load_file
 from clapkit.lalm.evaluate import normalize_text
 from clapkit.lalm.selflabel import describe_metadata
 from clapkit.steps import DONE
-from tests.train.conftest import run_train
+from tests.train.conftest import run_train, wait_for
 from train.recipes.desta import MODELS
 
 QUESTION = "<Audio>\nWhat can you hear from the audio?"  # configs/recipes/desta/tiny.yaml
-
-
-def _wait_for(path: Path, proc, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"the recipe ended (exit {proc.returncode}) before {path} appeared:\n{proc.stdout.read()}"
-            )
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{path} did not appear in {timeout:.0f} s")
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def smollm2_folder(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct from the packaged GGUF, saved once as a transformers folder: the same weights as
-    ``llm: smollm2``, but each of the recipe's four loads takes a second instead of the GGUF conversion's ~15 s."""
-    from clapkit.lalm.io import load_llm
-
-    folder = tmp_path_factory.mktemp("smollm2")
-    llm, tokenizer = load_llm("smollm2", progress=False)
-    llm.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _samples(folder: Path) -> list[dict]:
@@ -72,7 +45,7 @@ def test_desta_tiny_self_labels_trains_the_adapter_only_and_resumes_after_a_kill
     args = ["recipe", "desta", "--scale", "tiny", "--out", str(out), "--quiet"]
     args += ["--set", f"stages.stage2.set.model.model.init_args.llm={smollm2_folder}"]
     first = run_train(args, cwd=tmp_path)
-    _wait_for(out / "self_label" / DONE, first)
+    wait_for(out / "self_label" / DONE, first)
     first.kill()  # between stages: the targets are written, the training has not finished
     first.communicate()
     assert not (out / "stage2" / DONE).exists() and not (out / "results.json").exists()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -18,22 +17,11 @@ from clapkit.lalm.chat import IGNORE_INDEX
 from clapkit.lalm.data import ConversationReader
 from clapkit.lalm.evaluate import label_accuracy, wer
 from clapkit.steps import DONE
-from tests.train.conftest import run_train
+from tests.train.conftest import run_train, wait_for
 from train.recipes.fullft import FOLLOWUPS, LEVELS, _samples
 from train.recipes.lalm_data import QUESTION
 
 SOFT = {"hiss", "knock"}  # the synthetic classes below data.loud_db (-12 dBFS); the other four are above
-
-
-def _wait_for(path: Path, proc, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"the recipe ended (exit {proc.returncode}) before {path}:\n{proc.stdout.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{path} did not appear in {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 def _encoder(folder: Path) -> dict[str, torch.Tensor]:
@@ -45,7 +33,7 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], pr
     return {k: not before[k].equal(after[k]) for k in before if k.startswith(prefix) and before[k].is_floating_point()}
 
 
-def test_fullft_tiny_trains_everything_in_stage_2_exports_it_whole_and_resumes_after_a_kill(tmp_path):
+def test_fullft_tiny_trains_everything_in_stage_2_exports_it_whole_and_resumes_after_a_kill(tmp_path, smollm2_folder):
     import clapkit.lalm
     from clapkit.lalm.io import load_llm
     from clapkit.lalm.projectors import build_projector
@@ -53,8 +41,10 @@ def test_fullft_tiny_trains_everything_in_stage_2_exports_it_whole_and_resumes_a
 
     out = tmp_path / "fullft"
     args = ["recipe", "fullft", "--scale", "tiny", "--out", str(out), "--quiet"]
+    # SmolLM2 as a saved folder (the same weights as `llm: smollm2`): each of the recipe's loads takes ~1 s, not ~15.
+    args += ["--set", f"stages.stage1.set.model.model.init_args.llm={smollm2_folder}"]
     first = run_train(args, cwd=tmp_path)
-    _wait_for(out / "stage1" / DONE, first, timeout=400)
+    wait_for(out / "stage1" / DONE, first, timeout=400)
     first.kill()  # between stages: stage 1 finished, stage 2 not
     first.communicate()
     assert not (out / "stage2" / DONE).exists() and not (out / "results.json").exists()
@@ -93,7 +83,7 @@ def test_fullft_tiny_trains_everything_in_stage_2_exports_it_whole_and_resumes_a
     ckpt1 = torch.load(out / "stage1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt1["state_dict"] and all(k.startswith("model.projector.") for k in ckpt1["state_dict"])
     stage1 = json.loads((out / "stage1" / "model" / "lalm_config.json").read_text())
-    assert stage1["parts"] == {"encoder": "encoder"} and stage1["config"]["llm"] == "smollm2"
+    assert stage1["parts"] == {"encoder": "encoder"} and stage1["config"]["llm"] == str(smollm2_folder)
     assert not stage1["config"]["llm_finetuned"] and stage1["config"]["freeze_encoder"]
     init_args = yaml.safe_load((out / "stage1" / "config.yaml").read_text())["model"]["model"]["init_args"]
     seed = init_args.get("seed", 0)
@@ -102,7 +92,7 @@ def test_fullft_tiny_trains_everything_in_stage_2_exports_it_whole_and_resumes_a
     enc1 = _encoder(out / "stage1" / "model")
     assert enc1.keys() == base_encoder.state_dict().keys()
     assert all(enc1[k].equal(v) for k, v in base_encoder.state_dict().items())
-    base_llm, _ = load_llm("smollm2", tokenizer_path=out / "stage1" / "model" / "tokenizer", progress=False)
+    base_llm, _ = load_llm(smollm2_folder, tokenizer_path=out / "stage1" / "model" / "tokenizer", progress=False)
     torch.manual_seed(seed)
     base_projector = build_projector(
         "mlp2x_gelu",

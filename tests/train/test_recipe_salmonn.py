@@ -19,8 +19,7 @@ from clapkit.lalm import build_projector
 from clapkit.lalm.evaluate import normalize_text, wer
 from clapkit.steps import DONE
 from clapkit.tts import Synthesizer, Utterance
-from tests.train.conftest import run_train
-from tests.train.test_recipes import _wait_for
+from tests.train.conftest import run_train, wait_for
 from train.lalm import build_llm
 from train.recipes.lalm_data import DESCRIBE, QUESTION
 from train.recipes.salmonn import TRANSCRIBE, make_sentences
@@ -71,7 +70,7 @@ def test_salmonn_tiny_trains_qformer_then_lora_scores_wer_and_resumes_after_a_ki
     out = tmp_path / "salmonn"
     args = ["recipe", "salmonn", "--scale", "tiny", "--out", str(out), "--quiet"]
     first = run_train(args, cwd=tmp_path)
-    _wait_for(out / "stage1" / DONE, first, timeout=300)
+    wait_for(out / "stage1" / DONE, first, timeout=300)
     first.kill()  # between stages
     first.communicate()
     assert not (out / "stage2" / DONE).exists() and not (out / "results.json").exists()

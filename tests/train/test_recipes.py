@@ -1,38 +1,22 @@
-"""``python -m train recipe``: each tiny recipe runs every stage end to end, writes its evaluation, and resumes
-after a kill at the first unfinished stage (from that stage's last checkpoint)."""
+"""``python -m train recipe``: the runner's overrides and errors, and the compa recipe at tiny scale running every
+stage end to end, writing its evaluation and resuming after a kill inside its last stage (from that stage's last
+checkpoint). The other recipes have a file each (``test_recipe_<name>.py``)."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import shutil
-import time
-from pathlib import Path
 
 import pytest
 import yaml
 from safetensors.torch import load_file
 
 from clapkit.steps import DONE
-from tests.train.conftest import run_train
+from tests.train.conftest import run_train, wait_for
 from train.recipes import cli
 from train.recipes.base import apply_sets, load_recipe_config
 
 COMPA_STAGES = ("vanilla", "hardneg", "modular")
-STAGES = ("stage1", "stage2", "stage2_replay")
-
-
-def _wait_for(path: Path, proc, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"the recipe ended (exit {proc.returncode}) before {path} appeared:\n{proc.stdout.read()}"
-            )
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{path} did not appear in {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 def test_compa_tiny_runs_the_curriculum_and_resumes_after_a_kill(tmp_path):
@@ -41,7 +25,7 @@ def test_compa_tiny_runs_the_curriculum_and_resumes_after_a_kill(tmp_path):
     args = ["recipe", "compa", "--scale", "tiny", "--out", str(out), "--quiet"]
     args += ["--set", "stages.modular.set.trainer.max_steps=40"]
     first = run_train(args, cwd=tmp_path)
-    _wait_for(out / "modular" / "checkpoints" / "last.ckpt", first)
+    wait_for(out / "modular" / "checkpoints" / "last.ckpt", first, timeout=180)
     first.kill()
     first.communicate()
     assert not (out / "modular" / DONE).exists() and not (out / "results.json").exists()
@@ -128,111 +112,6 @@ def test_recipe_config_overrides_and_errors(tmp_path, capsys):
         cli.main(["compa", "--scale", "demo", "--out", str(out), "--set", f"data.run_dir={tmp_path / 'nodemo'}"])
     message = capsys.readouterr().err
     assert err.value.code == 2 and "the demo's shards step has not finished" in message and "make demo" in message
-
-
-def test_forgetting_tiny_measures_replay_scaling_and_merging_and_resumes_after_a_kill(tmp_path):
-    from safetensors.torch import load_file as load_tensors
-
-    from clapkit.lalm.forgetting import load_text_qa
-
-    out = tmp_path / "forgetting"
-    args = ["recipe", "forgetting", "--scale", "tiny", "--out", str(out), "--quiet"]
-    args += ["--set", "evaluate.text_qa_limit=16"]
-    first = run_train(args, cwd=tmp_path)
-    _wait_for(out / "stage1" / DONE, first, timeout=300)
-    first.kill()  # between stages: stage 1 finished, the replay data not
-    first.communicate()
-    assert not (out / "stage2" / DONE).exists()
-    stage1_done = (out / "stage1" / DONE).stat().st_mtime_ns
-
-    second = run_train(args, cwd=tmp_path)
-    log, _ = second.communicate(timeout=900)
-    assert second.returncode == 0, log
-    assert f"[stage1] reused ({out / 'stage1'})" in log and (out / "stage1" / DONE).stat().st_mtime_ns == stage1_done
-    for stage in ("replay_data", "stage2", "stage2_replay", "evaluate"):
-        assert (out / stage / DONE).is_file(), stage
-
-    # Stage 1 trains the projector only: the LLM stays SmolLM2 by reference; stage 2 adds LoRA on top of it and the
-    # frozen encoder is the same in every stage.
-    configs = {s: json.loads((out / s / "model" / "lalm_config.json").read_text())["config"] for s in STAGES}
-    assert all(c["llm"] == "smollm2" and not c["llm_finetuned"] for c in configs.values())
-    assert not (out / "stage1" / "model" / "lora").exists()
-    assert (out / "stage2" / "model" / "lora").is_dir() and (out / "stage2_replay" / "model" / "lora").is_dir()
-    encoders = [load_tensors(next((out / s / "model" / "encoder").glob("*.safetensors"))) for s in STAGES]
-    assert all(e.keys() == encoders[0].keys() and all(e[k].equal(encoders[0][k]) for k in e) for e in encoders)
-    projectors = [load_tensors(out / s / "model" / "projector.safetensors") for s in STAGES]
-    assert any(not projectors[0][k].equal(projectors[1][k]) for k in projectors[0])
-    # Replay: the base's own answers to the text QA set's replay prompts, mixed into one stage-2 run only.
-    stage2 = {s: yaml.safe_load((out / s / "config.yaml").read_text())["data"] for s in STAGES[1:]}
-    assert stage2["stage2"]["replay_ratio"] == 0.0 and stage2["stage2"]["text_shards"] is None
-    assert stage2["stage2_replay"]["replay_ratio"] == 0.5
-    assert stage2["stage2_replay"]["text_shards"] == str(out / "replay_data" / "text")
-    replay = json.loads((out / "replay_data" / DONE).read_text())["result"]
-    assert replay["conversations"] == len(load_text_qa(split="replay")) == 31
-
-    results = json.loads((out / "results.json").read_text())
-    variants = results["variants"]
-    assert list(variants) == [
-        "base (stage 1)", "stage 2, no replay", "stage 2, replay", "no replay, LoRA x 0.5", "no replay, merged a=0.25"
-    ]  # fmt: skip
-    base = variants["base (stage 1)"]["text_qa"]
-    assert base["num_items"] == 16 and base["kl_to_reference"] == 0.0 and base["agreement"] == 1.0
-    assert base["accuracy"] > base["chance"]  # SmolLM2 answers these above chance
-    drop = {name: base["base_answer_logprob"] - v["text_qa"]["base_answer_logprob"] for name, v in variants.items()}
-    # Without replay the base's own text answers become much less likely; replay keeps them; discounting the LoRA
-    # update or merging towards the base undoes part of the drift, the more the closer to the base.
-    assert drop["stage 2, replay"] < drop["stage 2, no replay"] - 0.3
-    assert results["forgetting"]["base_answer_drop_replay"] == pytest.approx(drop["stage 2, replay"])
-    assert drop["no replay, merged a=0.25"] < drop["no replay, LoRA x 0.5"] < drop["stage 2, no replay"]
-    assert all(0 <= v["audio_label"]["accuracy"] <= 1 and v["audio_label"]["n"] == 12 for v in variants.values())
-    assert "KL to base" in (out / "results.md").read_text()
-
-
-@pytest.mark.skipif(
-    shutil.which("espeak-ng") is None, reason="espeak-ng speaks the instructions (make venv installs it)"
-)
-def test_llaso_tiny_converts_three_layouts_trains_both_stages_and_scores_abstention(tmp_path):
-    from clapkit.lalm.llaso import read_llaso
-
-    out = tmp_path / "llaso"
-    args = ["recipe", "llaso", "--scale", "tiny", "--out", str(out), "--quiet"]
-    first = run_train(args, cwd=tmp_path)
-    _wait_for(out / "stage1" / DONE, first, timeout=300)
-    first.kill()  # between stages
-    first.communicate()
-    second = run_train(args, cwd=tmp_path)
-    log, _ = second.communicate(timeout=900)
-    assert second.returncode == 0, log
-    assert f"[data] reused ({out / 'data'})" in log and f"[stage1] reused ({out / 'stage1'})" in log
-
-    # The data went through the LLaSO converter: every layout, answerable and not, nothing skipped.
-    data = json.loads((out / "data" / DONE).read_text())["result"]
-    for split in ("train", "test"):
-        report = data["reports"][split]
-        assert set(report["layouts"]) == {"text_audio", "audio_text", "pure_audio"} and not report["skipped"]
-        assert report["answerable"]["true"] > report["answerable"]["false"] > 0
-    records, _ = read_llaso(data["test"])
-    pure = next(r for r in records if r.fields["layout"] == "pure_audio")
-    assert len(pure.fields["extra_audio"]) == 1  # the spoken instruction clip, then the sound
-    assert "instructions" in pure.audio
-    # Stage 1 trains the projector only; stage 2 fine-tunes the whole LLM (saved with the adapter), as LLaSO.
-    stage1 = json.loads((out / "stage1" / "model" / "lalm_config.json").read_text())
-    stage2 = json.loads((out / "stage2" / "model" / "lalm_config.json").read_text())
-    assert not stage1["config"]["llm_finetuned"] and "llm" not in stage1["parts"]
-    assert stage2["config"]["llm_finetuned"] and stage2["parts"]["llm"] == "llm"
-    assert not (out / "stage2" / "model" / "lora").exists()
-
-    results = json.loads((out / "results.json").read_text())
-    groups = [(r.fields["layout"], r.fields["answerable"]) for r in records]
-    assert results["questions"] == sum(min(4, groups.count(g)) for g in set(groups))
-    for model in ("stage1", "stage2"):
-        for layout in ("text_audio", "audio_text", "pure_audio"):
-            m = results["models"][model][layout]
-            assert m["answerable"] == 4 and m["unanswerable"] >= 1
-            assert 0 <= m["accuracy"] <= 1 and 0 <= m["abstain_unanswerable"] <= 1
-    predictions = (out / "evaluate" / "predictions_stage2.jsonl").read_text().splitlines()
-    assert len(predictions) == results["questions"]
-    assert "abstains, unanswerable %" in (out / "results.md").read_text()
 
 
 def test_lalm_demo_source_names_classes_by_id_with_the_demo_phrasings(tmp_path):
