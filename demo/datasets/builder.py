@@ -380,6 +380,7 @@ def _split(
                 min_clips=cmap.min_clips,
                 fixed=fixed,
                 hold_out=hold_out,
+                never={pkg.source for pkg in cmap.packages.values() if not pkg.held_out},
             )
         except ValueError as err:
             dropped.append({"class": name, "reason": str(err)})

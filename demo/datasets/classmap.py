@@ -6,7 +6,8 @@ A class map is a JSON file (see ``resources/debian_sounds.json``)::
      "render_captions": {"pitched": [templates], "drums": [templates]},
      "packages": {name: {"root": dir, "short": tag, "license": fallback, "copyright": DEP-5 file,
                          "dep5_map": [[installed prefix, upstream prefix]], "soundfont": file,
-                         "synthesizer": program, "shares_samples_with": package}},
+                         "patches": TiMidity++ configuration file, "synthesizer": program,
+                         "shares_samples_with": package, "held_out": false}},
      "classes": {name: {"label": text, "kind": "event" | "instrument" | "speech", "captions": [...],
                         "note": review note, "sources": [source, ...], "excluded": [exclusion, ...],
                         "cross_source_package": package | false,
@@ -17,7 +18,9 @@ A source takes files from one package: ``{"package", "files": [glob, ...]}`` (pa
 package root, or members of ``"rcc"`` for Qt resource files), with optional ``segments`` (hand-cut
 ``[start, end]`` seconds), ``chunk_seconds``, ``captions``, ``attributes``, ``group`` (clips that
 share a group share a split), ``split`` (fixed ``"train"`` / ``"test"``), ``max_files`` and ``note``;
-or renders notes: ``{"package", "render": {"program", "keys", "velocities", "drums", ...}}``;
+or renders notes: ``{"package", "render": {"program", "keys", "velocities", "drums", ...}}`` (from the package's
+``"soundfont"`` with tinysoundfont, or from its ``"patches"``, GUS patches mapped by a TiMidity++ configuration,
+with ``timidity``);
 or speaks a text: ``{"package", "tts": {"text", "voices", "rates", "pitches", "max_renders"}}`` (the
 package names its ``"synthesizer"``, ``espeak-ng`` or ``flite``; see :mod:`clapkit.tts`).
 A class may override processing settings with ``"process": {...}`` (e.g. a lower ``min_seconds``
@@ -30,6 +33,8 @@ the cross-source split (see ``curation.assign_source_splits``): left out, the bu
 name pins that one; ``false`` (or ``null``) holds out none. A package whose recordings are partly another's
 (``"shares_samples_with"``: one SoundFont built from another's samples) is not a source of its own: the two are
 one source for the split, held out together, so the cross split never hears audio the class trained on.
+A package with ``"held_out": false`` is never chosen as the held-out package: its clips only add a source
+to train (and test in-source) on, so adding it leaves the cross split of the other packages as it was.
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ SPLITS = ("train", "test")
 @dataclass(frozen=True)
 class PackageSpec:
     """Where a Debian package's files are and under which license they come; ``shares_samples_with``: the package
-    whose recordings it reuses (one source with it in the cross split)."""
+    whose recordings it reuses (one source with it in the cross split); ``held_out``: whether the split may hold
+    it out (False: it only ever trains or tests in-source); ``patches``: a TiMidity++ configuration of GUS
+    patches under ``root`` to render notes from (as ``soundfont``, played with ``timidity``)."""
 
     name: str
     root: Path
@@ -65,6 +72,14 @@ class PackageSpec:
     soundfont: str | None = None
     synthesizer: str | None = None
     shares_samples_with: str | None = None
+    patches: str | None = None
+    held_out: bool = True
+
+    @property
+    def instrument_file(self) -> Path | None:
+        """The SoundFont or patch configuration notes are rendered from, ``None`` if the package renders none."""
+        name = self.soundfont or self.patches
+        return self.root / name if name else None
 
     @property
     def source(self) -> str:
@@ -73,10 +88,13 @@ class PackageSpec:
         return self.shares_samples_with or self.name
 
     def installed(self) -> bool:
-        """Whether the package is there: its root, its SoundFont file, its synthesizer program."""
+        """Whether the package is there: its root, its SoundFont or patch configuration (and ``timidity`` to play
+        patches), its synthesizer program."""
         if not self.root.exists():
             return False
-        if self.soundfont is not None and not (self.root / self.soundfont).is_file():
+        if self.instrument_file is not None and not self.instrument_file.is_file():
+            return False
+        if self.patches is not None and shutil.which("timidity") is None:
             return False
         return self.synthesizer is None or shutil.which(self.synthesizer) is not None
 
@@ -202,12 +220,17 @@ def _package(name: str, raw: Mapping[str, Any], base: Path) -> PackageSpec:
     _check_keys(
         raw,
         {"root", "short", "license", "copyright", "dep5_map", "soundfont", "synthesizer", "note"}
-        | {"shares_samples_with"},
+        | {"shares_samples_with", "patches", "held_out"},
         where,
     )
     shares = raw.get("shares_samples_with")
     if shares is not None and (not isinstance(shares, str) or shares == name):
         raise ValueError(f"{where}: shares_samples_with must name another package, got {shares!r}")
+    if raw.get("soundfont") and raw.get("patches"):
+        raise ValueError(f"{where}: give 'soundfont' or 'patches', not both")
+    held_out = raw.get("held_out", True)
+    if not isinstance(held_out, bool):
+        raise ValueError(f"{where}: held_out must be true or false, got {held_out!r}")
     copyright_path = raw.get("copyright")
     synthesizer = raw.get("synthesizer")
     if synthesizer is not None and synthesizer not in SYNTHESIZERS:
@@ -222,6 +245,8 @@ def _package(name: str, raw: Mapping[str, Any], base: Path) -> PackageSpec:
         soundfont=raw.get("soundfont"),
         synthesizer=synthesizer,
         shares_samples_with=shares,
+        patches=raw.get("patches"),
+        held_out=held_out,
     )
 
 
@@ -292,8 +317,8 @@ def _source(raw: Mapping[str, Any], where: str, packages: Mapping[str, PackageSp
     if sum(key in raw for key in ("files", "render", "tts")) != 1:
         raise ValueError(f"{where}: give exactly one of 'files' (globs), 'render' (notes) or 'tts' (speech)")
     render = _render(raw["render"], f"{where}.render") if "render" in raw else None
-    if render is not None and not packages[package].soundfont:
-        raise ValueError(f"{where}: package {package!r} has no 'soundfont' to render from")
+    if render is not None and packages[package].instrument_file is None:
+        raise ValueError(f"{where}: package {package!r} has no 'soundfont' or 'patches' to render from")
     synthesizer = packages[package].synthesizer
     if "tts" in raw and synthesizer is None:
         raise ValueError(f"{where}: package {package!r} has no 'synthesizer' to speak with")

@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -284,6 +284,7 @@ def assign_source_splits(
     min_clips: int,
     fixed: Mapping[str, str] | None = None,
     hold_out: str | bool = True,
+    never: Collection[str] = (),
 ) -> tuple[dict[str, str], str | None, str]:
     """Train/test/cross assignment of one class whose clips may come from several packages.
 
@@ -292,9 +293,9 @@ def assign_source_splits(
     train/test by :func:`assign_splits`. A package may be held out only if the clips of the others number at
     least ``min_clips``, in at least two recording groups, and their train/test split is possible. Among those,
     the package first in the order of a hash of ``salt`` (the class name) and the package name is chosen.
-    Packages holding a group with a fixed split are not chosen automatically; a pinned package is held out
-    whatever its fixed splits say. With one package, ``hold_out=False`` or no eligible package, the clips are
-    split train/test as :func:`assign_splits` alone would.
+    Packages holding a group with a fixed split, and those in ``never``, are not chosen automatically; a pinned
+    package is held out whatever its fixed splits say. With one package, ``hold_out=False`` or no eligible
+    package, the clips are split train/test as :func:`assign_splits` alone would.
 
     Args:
         packages: The source package of every clip of the class.
@@ -304,6 +305,7 @@ def assign_source_splits(
         min_clips: The fewest clips the remaining packages may keep.
         fixed: Groups with a split chosen in the class map (``"train"`` / ``"test"``).
         hold_out: ``True`` to choose the package, a package name to hold out that one, ``False`` for none.
+        never: Packages never chosen automatically (they only add training / in-source clips).
 
     Returns:
         ``(group → "train" | "test" | "cross", held-out package or None, reason)``; the reason says why
@@ -337,7 +339,8 @@ def assign_source_splits(
         candidates, why = [hold_out], "pinned in the class map"
     else:
         has_fixed = {package_of[g] for g in fixed if g in package_of}
-        candidates = sorted((p for p in names if p not in has_fixed), key=lambda p: _rank(salt, p))
+        skip = has_fixed | set(never)
+        candidates = sorted((p for p in names if p not in skip), key=lambda p: _rank(salt, p))
         why = ""
     problems, eligible = [], {}
     for package in candidates:
@@ -353,5 +356,5 @@ def assign_source_splits(
         package, splits = next(iter(eligible.items()))
         splits.update({g: "cross" for g, p in package_of.items() if p == package})
         return splits, package, why or f"chosen by hash among {sorted(eligible)}"
-    reason = "; ".join(problems) or "every package holds a fixed split"
+    reason = "; ".join(problems) or "every package holds a fixed split or is never held out (held_out: false)"
     return in_source(None), None, f"none held out: {reason} (the rest must keep {min_clips}+ clips in 2+ groups)"

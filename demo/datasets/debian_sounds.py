@@ -4,7 +4,8 @@ The sources are game and education packages whose audio nobody on this project r
 (tuxpaint-stamps-default, minetest-data, gcompris-qt-data, sonic-pi-samples, scorched3d-data,
 lincity-ng-data, btanks-data, heroes-sound-effects, hedgewars-data, wesnoth-1.16-data, freeciv-data,
 megaglest-data), three General MIDI SoundFonts rendered note by note (fluid-soundfont-gm,
-timgm6mb-soundfont, and csound-soundfont, one source with it in the cross split), Asterisk's
+timgm6mb-soundfont, and csound-soundfont, one source with it in the cross split), the freepats GUS patches
+rendered with TiMidity++ (a fourth instrument source, never held out), Asterisk's
 recorded English telephone prompts (asterisk-core-sounds-en-wav) and
 words spoken by the espeak-ng and flite synthesizers. Which files make which class, and which files
 were left out and why, is the reviewed class map ``resources/debian_sounds.json``; see docs/data.md.
@@ -38,6 +39,7 @@ APT_PACKAGES = (
     "megaglest-data",
     "timgm6mb-soundfont",
     "csound-soundfont",
+    "freepats",
     "espeak-ng",
     "flite",
     "asterisk-core-sounds-en-wav",

@@ -24,7 +24,7 @@ from demo.datasets.classmap import ClassMap, ClassSpec, PackageSpec, SourceSpec
 from demo.datasets.curation import plan_segments
 from demo.datasets.licenses import Dep5, parse_dep5
 from demo.datasets.rcc import RccArchive
-from demo.datasets.render import NoteRenderer, note_name, register
+from demo.datasets.render import NoteRenderer, PatchRenderer, note_name, register
 
 __all__ = ["Job", "Sources", "collect_jobs", "sha1_hex"]
 
@@ -68,7 +68,7 @@ class Sources:
         self.cmap = cmap
         self._rcc: dict[Path, RccArchive] = {}
         self._dep5: dict[str, Dep5 | None] = {}
-        self._renderers: dict[Path, NoteRenderer] = {}
+        self._renderers: dict[Path, NoteRenderer | PatchRenderer] = {}
         self._synthesizers: dict[str, Synthesizer] = {}
         self._hashes: dict[Path, str] = {}
 
@@ -85,9 +85,12 @@ class Sources:
         found = dep5.license(package.upstream_path(relative)) if dep5 is not None else None
         return found or package.license
 
-    def renderer(self, path: Path) -> NoteRenderer:
+    def renderer(self, package: PackageSpec) -> NoteRenderer | PatchRenderer:
+        path = package.instrument_file
+        assert path is not None
         if path not in self._renderers:
-            self._renderers[path] = NoteRenderer(path, self.cmap.process.sample_rate)
+            kind = PatchRenderer if package.patches else NoteRenderer
+            self._renderers[path] = kind(path, self.cmap.process.sample_rate)
         return self._renderers[path]
 
     def synthesizer(self, program: str) -> Synthesizer:
@@ -196,11 +199,13 @@ def _render_captions(cmap: ClassMap, cls: ClassSpec, drums: bool, values: dict[s
 def _render_jobs(cmap: ClassMap, cls: ClassSpec, src: SourceSpec, pkg: PackageSpec, opened: Sources) -> Iterator[Job]:
     """Jobs of a ``render`` source: one per key and velocity; both velocities of a key share a group."""
     spec = src.render
-    assert spec is not None and pkg.soundfont is not None
-    sf2 = pkg.root / pkg.soundfont
+    sf2 = pkg.instrument_file
+    assert spec is not None and sf2 is not None
     if not sf2.is_file():
-        raise FileNotFoundError(f"classes.{cls.name}: SoundFont {sf2} not found")
-    renderer = opened.renderer(sf2)
+        raise FileNotFoundError(
+            f"classes.{cls.name}: {'patch configuration' if pkg.patches else 'SoundFont'} {sf2} not found"
+        )
+    renderer = opened.renderer(pkg)
     preset = renderer.preset_name(spec.program, spec.bank, spec.drums) or "?"
     for key in spec.keys:
         for vel in spec.velocities:
@@ -215,7 +220,14 @@ def _render_jobs(cmap: ClassMap, cls: ClassSpec, src: SourceSpec, pkg: PackageSp
                 tag, group_tag = f"p{spec.program:03d}-{_slug(note_name(key))}-v{vel:03d}", f"p{spec.program}-k{key}"
             params = {**asdict(spec), "key": key, "velocity": vel}
             what = "drums" if spec.drums else f"program={spec.program}"
-            origin = f"{pkg.name}:{pkg.soundfont}#{what},key={key},velocity={vel}"
+            origin = f"{pkg.name}:{sf2.name}#{what},key={key},velocity={vel}"
+            # A patch set's notes depend on the patch file the configuration maps, besides the configuration.
+            patch = (
+                renderer.patch(0 if spec.drums else spec.program, spec.bank, spec.drums, key) if pkg.patches else None
+            )
+            hashes = [opened.file_hash(sf2)] + (
+                [opened.file_hash(patch)] if patch is not None and patch.is_file() else []
+            )
 
             def read(key: int = key, vel: int = vel) -> torch.Tensor:
                 audio = renderer.render(
@@ -242,8 +254,8 @@ def _render_jobs(cmap: ClassMap, cls: ClassSpec, src: SourceSpec, pkg: PackageSp
                 segment=None,
                 captions=list(src.captions) + _render_captions(cmap, cls, spec.drums, attributes),
                 attributes={**attributes, **src.attributes},
-                license=opened.license(pkg, pkg.soundfont),
-                content_key=sha1_hex(json.dumps([opened.file_hash(sf2), params], sort_keys=True).encode()),
+                license=opened.license(pkg, sf2.name),
+                content_key=sha1_hex(json.dumps([*hashes, params], sort_keys=True).encode()),
                 read=read,
             )
 

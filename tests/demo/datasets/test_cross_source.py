@@ -205,6 +205,50 @@ def test_packages_sharing_samples_are_one_source() -> None:
         load_class_map(chain)
 
 
+def test_a_package_never_held_out_only_adds_training_clips() -> None:
+    sizes = {"pkg-a": 4, "pkg-b": 5, "pkg-c": 3}
+    packages, groups = _clips(sizes)
+    held_by_hash = {}
+    for name in ("dog", "cat", "cow", "pig", "owl", "frog", "duck", "bell"):
+        held_by_hash[name] = assign_source_splits(packages, groups, 0.25, salt=name, min_clips=3)[1]
+        splits, held, reason = assign_source_splits(packages, groups, 0.25, salt=name, min_clips=3, never={"pkg-c"})
+        assert held != "pkg-c" and reason == "chosen by hash among ['pkg-a', 'pkg-b']"
+        assert {splits[g] for p, g in zip(packages, groups) if p == "pkg-c"} <= {"train", "test"}
+        assert assert_no_split_leaks(_as_records(name, packages, groups, splits)) == {name: held}
+        # Among the others the hash order is kept: a class that held out pkg-a or pkg-b still does.
+        if held_by_hash[name] != "pkg-c":
+            assert held == held_by_hash[name]
+        # A pin in the class map still holds the package out.
+        pinned = assign_source_splits(packages, groups, 0.25, salt=name, min_clips=3, hold_out="pkg-c", never={"pkg-c"})
+        assert pinned[1] == "pkg-c"
+    assert "pkg-c" in held_by_hash.values()  # the test exercises a class that would have held pkg-c out
+    # Only never-held-out packages left: none is held out, and the reason says why.
+    splits, held, reason = assign_source_splits(packages, groups, 0.25, salt="dog", min_clips=3, never=set(sizes))
+    assert held is None and "cross" not in splits.values() and "never held out" in reason
+
+
+def test_class_map_held_out_and_patches_are_validated() -> None:
+    raw = _class_map()
+    raw["packages"]["pkg-b"]["held_out"] = False
+    cmap = load_class_map(raw)
+    assert cmap.packages["pkg-b"].held_out is False and cmap.packages["pkg-a"].held_out is True
+    raw["packages"]["pkg-b"]["held_out"] = "no"
+    with pytest.raises(ValueError, match="packages.pkg-b: held_out must be true or false"):
+        load_class_map(raw)
+    both = _class_map()
+    both["packages"]["pkg-b"] |= {"soundfont": "a.sf2", "patches": "a.cfg"}
+    with pytest.raises(ValueError, match="packages.pkg-b: give 'soundfont' or 'patches', not both"):
+        load_class_map(both)
+    render = _class_map()
+    render["classes"]["cat"]["sources"] = [
+        {"package": "pkg-a", "render": {"program": 0, "keys": [60], "velocities": [80]}}
+    ]
+    with pytest.raises(ValueError, match="has no 'soundfont' or 'patches' to render from"):
+        load_class_map(render)
+    render["packages"]["pkg-a"]["patches"] = "freepats.cfg"
+    assert load_class_map(render).packages["pkg-a"].instrument_file.name == "freepats.cfg"
+
+
 def test_class_map_fingerprint_follows_the_cross_source_choice(monkeypatch) -> None:
     from demo.datasets import builder
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import soundfile as sf
 
 from demo.datasets import DATASETS, DEFAULT_CLASS_MAP, build_dataset, check_class_map, load_class_map
 from demo.datasets.debian_sounds import APT_PACKAGES
-from demo.datasets.render import NoteRenderer
+from demo.datasets.render import NoteRenderer, PatchRenderer
 from tests.demo.datasets.test_cross_source import assert_no_split_leaks
 
 RAW = json.loads(DEFAULT_CLASS_MAP.read_text())
@@ -22,6 +23,7 @@ needs_packages = pytest.mark.skipif(
     bool(MISSING), reason=f"Debian packages not installed: {' '.join(MISSING)} (make venv installs them)"
 )
 SOUNDFONT = Path(RAW["packages"]["fluid-soundfont-gm"]["root"]) / RAW["packages"]["fluid-soundfont-gm"]["soundfont"]
+PATCHES = Path(RAW["packages"]["freepats"]["root"]) / RAW["packages"]["freepats"]["patches"]
 
 
 def test_registry_and_package_list_agree_with_the_class_map() -> None:
@@ -42,9 +44,13 @@ def test_every_source_of_the_shipped_class_map_resolves() -> None:
     instruments = [c for c in cmap.classes.values() if c.kind == "instrument"]
     assert len(instruments) >= 60
     soundfonts = {"fluid-soundfont-gm", "timgm6mb-soundfont", "csound-soundfont"}
-    for cls in instruments:  # every rendered instrument comes from the three SoundFonts
+    for cls in instruments:  # every rendered instrument comes from the three SoundFonts, most also from freepats
         rendered = {s.package for s in cls.sources if s.render is not None}
-        assert rendered in (set(), soundfonts), cls.name
+        assert rendered in (set(), soundfonts, soundfonts | {"freepats"}), cls.name
+    with_patches = [c.name for c in instruments if any(s.package == "freepats" for s in c.sources)]
+    assert len(with_patches) >= 50
+    # freepats only ever adds training clips: the split never holds it out.
+    assert [n for n, p in cmap.packages.items() if not p.held_out] == ["freepats"]
     # Csound's GM bank reuses TimGM6mb's samples: one source. SoundFonts built on FluidR3's samples are left out.
     assert {n for n, s in SOURCES.items() if n != s} == {"csound-soundfont"}
     assert SOURCES["csound-soundfont"] == "timgm6mb-soundfont"
@@ -69,6 +75,12 @@ def test_build_a_slice_of_debian_sounds(tmp_path: Path) -> None:
     assert {r.source_package for r in toms if r.split == "cross"} == {"timgm6mb-soundfont", "csound-soundfont"}
     assert counts["tom_drum"]["cross"] == 36
     assert not [r for r in toms if r.source_package == "csound-soundfont" and r.split != "cross"]
+    # freepats' toms (GUS patches played by timidity): never held out, so they train or test in-source.
+    patched = [r for r in toms if r.source_package == "freepats"]
+    assert len(patched) == 18 and {r.split for r in patched} == {"train", "test"}
+    assert {r.license for r in patched} == {"GPL-2+"} and {r.attributes["preset"] for r in patched} == {"drumset 0"}
+    assert all(r.source.startswith("freepats:freepats.cfg#drums,key=") for r in patched)
+    assert {r.source_file for r in patched} == {str(PATCHES)}
     # Any of tom_drum's sources leaves enough clips; the hash of class and source picks TimGM6mb.
     eligible = "['fluid-soundfont-gm', 'sonic-pi-samples', 'timgm6mb-soundfont', 'tuxpaint-stamps-default']"
     assert result.cross_sources["tom_drum"]["reason"] == (
@@ -149,6 +161,39 @@ def test_note_renderer_plays_the_requested_pitch_and_hits() -> None:
     assert len(onsets) + (env[0] > 0.5 * env.max()) == 4
     with pytest.raises(ValueError, match="velocities 1-127"):
         renderer.render(60, 0)
+
+
+@pytest.mark.skipif(
+    not PATCHES.is_file() or shutil.which("timidity") is None,
+    reason="freepats / timidity are not installed (make venv installs them)",
+)
+def test_patch_renderer_plays_freepats_notes_and_refuses_what_it_has_no_patch_for(tmp_path: Path) -> None:
+    renderer = PatchRenderer(PATCHES, sample_rate=22050)
+    assert renderer.preset_name(73) == "Flute" and renderer.patch(73).is_file()
+    assert renderer.preset_name(3) is None and renderer.preset_name(0, drums=True) == "drumset 0"
+    note = renderer.render(69, 100, program=73, hold_seconds=0.5, release_seconds=0.2)  # flute A4
+    assert note.shape == (round(0.7 * 22050),) and note.dtype == np.float32 and np.abs(note).max() > 0.01
+    spectrum = np.abs(np.fft.rfft(note))
+    assert abs(np.fft.rfftfreq(len(note), 1 / 22050)[spectrum.argmax()] - 440) < 10
+    assert np.array_equal(note, renderer.render(69, 100, program=73, hold_seconds=0.5, release_seconds=0.2))
+    hits = renderer.render(38, 110, drums=True, hits=4, interval_seconds=0.25, hold_seconds=0.25, release_seconds=0.5)
+    assert hits.shape == (round(1.5 * 22050),)
+    env = np.abs(hits[: len(hits) // 441 * 441]).reshape(-1, 441).max(axis=1)  # 20 ms frames
+    onsets = np.flatnonzero((env[1:] > 0.5 * env.max()) & (env[:-1] <= 0.5 * env.max()))
+    assert len(onsets) + (env[0] > 0.5 * env.max()) == 4
+    # The system's default TiMidity++ configuration may map program 3 to a SoundFont: refused, not rendered.
+    with pytest.raises(ValueError, match=r"program 3 bank 0: no patch in .*freepats.cfg"):
+        renderer.render(60, 100, program=3)
+    with pytest.raises(ValueError, match="drum key 28 of drumset 0: no patch"):
+        renderer.render(28, 100, drums=True)
+    with pytest.raises(ValueError, match="velocities 1-127"):
+        renderer.render(60, 0, program=73)
+    empty = tmp_path / "empty.cfg"
+    empty.write_text("dir /nowhere\n")
+    with pytest.raises(ValueError, match="no bank or drumset entries"):
+        PatchRenderer(empty)
+    with pytest.raises(ValueError, match="configuration not found"):
+        PatchRenderer(tmp_path / "missing.cfg")
 
 
 @needs_packages
