@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -313,9 +314,11 @@ def collect_jobs(
     """
     missing = sorted(name for name, pkg in cmap.packages.items() if not pkg.installed())
     if missing and not skip_missing:
+        # A patch set plays through TiMidity++, a package of its own that the patch package does not pull in.
+        player = ["timidity"] if any(cmap.packages[n].patches for n in missing) and not shutil.which("timidity") else []
         raise FileNotFoundError(
-            f"Debian packages not installed: {', '.join(missing)}; install them with "
-            f"`apt-get install {' '.join(missing)}` (or `make venv`), or pass skip_missing=True"
+            f"Debian packages not installed: {', '.join(missing + player)}; install them with "
+            f"`apt-get install {' '.join(missing + player)}` (or `make venv`), or pass skip_missing=True"
         )
     jobs: list[Job] = []
     skipped: list[dict[str, str]] = []

@@ -420,3 +420,23 @@ def test_a_soundfont_package_without_its_soundfont_file_is_missing(tree: Path, t
     assert cmap.packages["files-pkg"].installed() and not cmap.packages["sf-pkg"].installed()  # root exists, file not
     with pytest.raises(FileNotFoundError, match="apt-get install sf-pkg"):
         build_dataset(tmp_path / "out", cmap, progress=False)
+
+
+def test_a_patch_package_needs_its_configuration_and_timidity(tree: Path, tmp_path: Path, monkeypatch) -> None:
+    raw = _class_map(tree)
+    raw["packages"]["pat-pkg"] = {"root": str(tree), "short": "pat", "license": "GPL-2+", "patches": "absent.cfg"}
+    raw["classes"]["piano"] = {
+        "label": "piano",
+        "captions": ["a piano"],
+        "sources": [{"package": "pat-pkg", "render": {"program": 0, "keys": [60], "velocities": [90]}}],
+    }
+    assert not load_class_map(raw).packages["pat-pkg"].installed()  # root exists, configuration not
+    (tree / "patches.cfg").write_text("bank 0\n0 piano.pat\n")
+    raw["packages"]["pat-pkg"]["patches"] = "patches.cfg"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))  # no timidity: the patches cannot be played
+    cmap = load_class_map(raw)
+    assert not cmap.packages["pat-pkg"].installed()
+    with pytest.raises(FileNotFoundError, match=r"apt-get install pat-pkg timidity`"):
+        build_dataset(tmp_path / "out", cmap, progress=False)
