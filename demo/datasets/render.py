@@ -26,6 +26,13 @@ DRUM_CHANNEL = 9
 DRUM_BANK = 128
 
 
+def _check_note(key: int, velocity: int, hits: int) -> None:
+    if not 0 <= key <= 127 or not 1 <= velocity <= 127:
+        raise ValueError(f"key {key} / velocity {velocity}: keys are 0-127, velocities 1-127")
+    if hits < 1:
+        raise ValueError(f"hits must be at least 1, got {hits}")
+
+
 def note_name(key: int) -> str:
     """MIDI key → scientific pitch name (60 → ``C4``)."""
     return f"{NOTE_NAMES[key % 12]}{key // 12 - 1}"
@@ -107,10 +114,7 @@ class NoteRenderer:
         Raises:
             ValueError: a key, velocity or preset the SoundFont does not have.
         """
-        if not 0 <= key <= 127 or not 1 <= velocity <= 127:
-            raise ValueError(f"key {key} / velocity {velocity}: keys are 0-127, velocities 1-127")
-        if hits < 1:
-            raise ValueError(f"hits must be at least 1, got {hits}")
+        _check_note(key, velocity, hits)
         chan = DRUM_CHANNEL if drums else 0
         try:
             self._synth.program_select(chan, self._sfid, DRUM_BANK if drums else bank, 0 if drums else program, drums)
@@ -179,9 +183,9 @@ class PatchRenderer:
 
     def preset_name(self, program: int, bank: int = 0, drums: bool = False) -> str | None:
         """The patch's file name without number and suffix (``071_Clarinet.pat`` → ``Clarinet``); for drums the
-        drumset (``drumset 0``)."""
+        drumset :meth:`render` plays (``drumset 0``)."""
         if drums:
-            return f"drumset {program}" if any(k[0] == program for k in self.drumkit) else None
+            return "drumset 0" if any(k[0] == 0 for k in self.drumkit) else None
         path = self.patch(program, bank)
         return re.sub(r"^\d+_", "", path.stem).replace("_", " ") if path is not None else None
 
@@ -209,13 +213,13 @@ class PatchRenderer:
         """
         import mido
 
-        if not 0 <= key <= 127 or not 1 <= velocity <= 127:
-            raise ValueError(f"key {key} / velocity {velocity}: keys are 0-127, velocities 1-127")
-        if hits < 1:
-            raise ValueError(f"hits must be at least 1, got {hits}")
-        if self.patch(0 if drums else program, bank, drums, key) is None:
-            what = f"drum key {key} of drumset 0" if drums else f"program {program} bank {bank}"
+        _check_note(key, velocity, hits)
+        patch = self.patch(0 if drums else program, bank, drums, key)
+        what = f"drum key {key} of drumset 0" if drums else f"program {program} bank {bank}"
+        if patch is None:
             raise ValueError(f"{what}: no patch in {self.config}")
+        if not patch.is_file():  # TiMidity++ would play silence for it
+            raise ValueError(f"{what}: patch file {patch} (from {self.config}) not found")
         ticks = 960  # per second: 480 per beat at the default 120 beats per minute
         track = mido.MidiTrack()
         chan = DRUM_CHANNEL if drums else 0

@@ -194,6 +194,10 @@ def test_patch_renderer_plays_freepats_notes_and_refuses_what_it_has_no_patch_fo
         PatchRenderer(empty)
     with pytest.raises(ValueError, match="configuration not found"):
         PatchRenderer(tmp_path / "missing.cfg")
+    gone = tmp_path / "gone.cfg"  # maps a patch file that is not there: an error, not a silent render
+    gone.write_text(f"dir {tmp_path}\nbank 0\n0 absent.pat\n")
+    with pytest.raises(ValueError, match=r"program 0 bank 0: patch file .*absent.pat .* not found"):
+        PatchRenderer(gone).render(60, 100)
 
 
 @needs_packages
