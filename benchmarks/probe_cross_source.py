@@ -4,7 +4,8 @@ The demo trains heads and projections over a frozen aisfx CNN. When a class's cr
 the class never trained on) are missed, either the frozen features do not carry what tells the class apart in
 the new package's audio, or the heads / text prompts lose it. This script fits a supervised linear probe
 (``clapkit.evaluate.probe``) on the frozen features (pooled vector ⊕ mean frame) of the demo's training clips —
-the same clips the heads train on — and scores it on the in-source test and the cross-source clips. A class
+the same clips the heads train on, with their stored augmented views when ``features.clip_views`` > 1 — and
+scores it on the in-source test and the cross-source clips. A class
 the probe also misses (< 50 % of its clips) is marked ``features``; one the probe gets and the best trained arm
 misses is marked ``heads/prompt``.
 
@@ -36,6 +37,7 @@ from clapkit.data.writer import shard_key
 from clapkit.evaluate.probe import fit_linear_probe
 from clapkit.io import atomic_write_text
 from demo.config import load_config
+from demo.features import view_key
 from demo.pipeline import Demo, quiet_libraries
 
 #: Below this probe accuracy a class's failure is put down to the frozen features.
@@ -53,8 +55,9 @@ def probe_features(store: FeatureStore, keys: list[str]) -> np.ndarray:
     return torch.cat(rows).numpy()
 
 
-def training_clips(out_dir: Path) -> tuple[list[str], list[str]]:
-    """Feature keys and labels of the single training clips in the shards (listing line i → key ``train/i``)."""
+def training_clips(out_dir: Path, views: int = 1) -> tuple[list[str], list[str]]:
+    """Feature keys and labels of the single training clips in the shards (listing line i → key ``train/i``),
+    followed by those of their augmented views 1..``views``-1 (``features.clip_views``)."""
     keys, labels = [], []
     listing = out_dir / "scenes" / "train_listing.jsonl"
     for index, line in enumerate(listing.read_text().splitlines()):
@@ -62,7 +65,10 @@ def training_clips(out_dir: Path) -> tuple[list[str], list[str]]:
         if record.get("kind") == "clip":
             keys.append(f"train/{shard_key(index)}")
             labels.append(record["labels"][0])
-    return keys, labels
+    clean = list(keys)
+    for view in range(1, views):
+        keys += [view_key(key, view) for key in clean]
+    return keys, labels * views
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -86,9 +92,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{zero_shot_csv} not found: run the demo to its evaluation first (make demo)")
     audio, _ = demo.stores()
     sets = demo.eval_sets()
-    keys, labels = training_clips(out)
+    keys, labels = training_clips(out, config.features.clip_views)
     probe = fit_linear_probe(probe_features(audio, keys), labels, l2=opts.l2)
-    summary: dict = {"train_clips": len(keys), "classes": len(set(labels))}
+    summary: dict = {
+        "train_clips": len(keys) // config.features.clip_views,
+        "clip_views": config.features.clip_views,
+        "classes": len(set(labels)),
+    }
     per_class: dict[str, list[bool]] = defaultdict(list)
     for name, data in (("in-source", sets.zeroshot), ("cross-source", sets.zeroshot_cross_source)):
         if data is None:

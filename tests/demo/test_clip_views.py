@@ -88,3 +88,16 @@ def test_bad_clip_views_is_named(runs):
             _ShardWindows(demo.work)
     finally:
         demo.work.config.features.clip_views = VIEWS
+
+
+def test_the_cross_source_probe_trains_on_the_stored_views(runs):
+    from benchmarks.probe_cross_source import training_clips
+
+    demo, samples, stores, _ = runs
+    clean_keys, clean_labels = training_clips(demo.out)
+    keys, labels = training_clips(demo.out, VIEWS)
+    clips = [s for s in samples if s.counterfactual is None]
+    assert sorted(clean_keys) == sorted(s.key for s in clips)
+    assert keys[: len(clean_keys)] == clean_keys and labels == clean_labels * VIEWS
+    assert keys[len(clean_keys) :] == [view_key(k, v) for v in range(1, VIEWS) for k in clean_keys]
+    assert not stores["train"].missing(keys)  # every view the probe reads is stored
