@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, work: Workspace, train_blocks: list[int]) -> d
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=args.steps, pct_start=0.1
     )
     augment_cfg = AugmentConfig()
-    augment_cfg.speed.p = 0.8
+    augment_cfg.speed.p = args.speed_p
     augmenter = Augmenter(augment_cfg) if args.augment else None
     generator = torch.Generator().manual_seed(args.seed)
     threads = torch.get_num_threads()
@@ -173,6 +173,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--tower-lr-ratio", type=float, default=0.1, help="tower rate / classifier rate (default: %(default)s)"
     )
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="train on the clean clips")
+    parser.add_argument(
+        "--speed-p",
+        type=float,
+        default=0.8,
+        help="probability of the ±3-semitone speed change in each view; 0 for the chain of the demo's stored "
+        "views (default: %(default)s)",
+    )
     parser.add_argument("--baseline", action="store_true", help="also train the classifier on the frozen tower")
     parser.add_argument("--seed", type=int, default=0, help="seed of crops, batches and views (default: 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
@@ -184,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = Workspace(config, progress=False)
     summary: dict[str, Any] = {"config": args.config, "steps": args.steps, "seconds": args.seconds}
     summary["augment"] = args.augment
+    summary["speed_p"] = args.speed_p if args.augment else None
     if args.baseline:
         summary["frozen"] = run(args, work, [])
     summary["finetuned"] = run(args, work, sorted(set(args.blocks)))
