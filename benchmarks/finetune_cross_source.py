@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,13 +29,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
-from torch import nn
 
+from clapkit.adapt import TowerAdaptConfig, TowerClassifier, random_crop, train_tower_classifier
 from clapkit.audio import load_audio
-from clapkit.augment import AugmentConfig, Augmenter, mix_seed
+from clapkit.augment import AugmentConfig, Augmenter
 from clapkit.factory import create_model
 from clapkit.io import atomic_write_text
-from clapkit.progress import progress_bar
 from demo.config import load_config
 from demo.data import Workspace
 
@@ -51,100 +48,56 @@ def source_group(record: dict[str, Any]) -> str:
     return record["source_package"] if "soundfont" in record["source_package"] else "recorded"
 
 
-def crop(wave: torch.Tensor, samples: int, generator: torch.Generator | None) -> torch.Tensor:
-    """A window of ``samples``: a random (or, without a generator, the centre) crop, or the clip repeated."""
-    if len(wave) >= samples:
-        extra = len(wave) - samples
-        start = int(torch.randint(extra + 1, (), generator=generator)) if generator is not None else extra // 2
-        return wave[start : start + samples]
-    return wave.repeat(math.ceil(samples / len(wave)))[:samples]
-
-
-class Classifier(nn.Module):
-    """The aisfx tower (pooled vector ⊕ mean frame, as the probe) and a linear layer over the classes."""
-
-    def __init__(self, model_name: str, classes: int, train_blocks: list[int]) -> None:
-        super().__init__()
-        self.tower = create_model(model_name).audio_tower
-        for name, param in self.tower.named_parameters():
-            param.requires_grad = any(name.startswith(f"net.{BLOCKS[b - 1]}.") for b in train_blocks)
-        width = self.tower.width
-        self.head = nn.Sequential(nn.LayerNorm(2 * width), nn.Dropout(0.2), nn.Linear(2 * width, classes))
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        out = self.tower(wave)
-        return self.head(torch.cat([out.pooled, out.sequence.mean(1)], 1).float())
-
-
-def evaluate(model: Classifier, waves: list[torch.Tensor], records: list[dict], classes: list[str], samples: int):
+def evaluate(model: TowerClassifier, waves: list[torch.Tensor], records: list[dict], samples: int):
     """Top-1 overall and per source group; the centre window of each clip."""
     model.eval()
     hits: dict[str, list[bool]] = defaultdict(list)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         for start in range(0, len(waves), 32):
-            batch = torch.stack([crop(w, samples, None) for w in waves[start : start + 32]])
+            batch = torch.stack([random_crop(w, samples, None) for w in waves[start : start + 32]])
             for pred, rec in zip(model(batch).argmax(1).tolist(), records[start : start + 32]):
-                hit = classes[pred] == rec["class"]
+                hit = model.classes[pred] == rec["class"]
                 hits["all"].append(hit)
                 hits[source_group(rec)].append(hit)
     return {group: {"clips": len(h), "top1": round(float(np.mean(h)), 4)} for group, h in sorted(hits.items())}
 
 
 def run(args: argparse.Namespace, work: Workspace, train_blocks: list[int]) -> dict[str, Any]:
-    torch.manual_seed(args.seed)
     rate = work.sample_rate
-    samples = round(args.seconds * rate)
     splits = {s: work.records(s) for s in ("train", "test", "cross")}
     if not splits["cross"]:
         raise SystemExit(f"{work.dataset_dir}: no cross-source clips (cross.jsonl); build the dataset with make demo")
-    classes = sorted({r["class"] for r in splits["train"]})
-    index = {c: i for i, c in enumerate(classes)}
     waves = {
         s: [load_audio(work.dataset_dir / r["audio"], rate, name=r["audio"]) for r in rs] for s, rs in splits.items()
     }
-    targets = torch.tensor([index[r["class"]] for r in splits["train"]])
-    model = Classifier(work.config.model.name, len(classes), train_blocks)
-    tower_params = [p for p in model.tower.parameters() if p.requires_grad]
-    groups = [{"params": list(model.head.parameters()), "lr": args.lr}]
-    if tower_params:
-        groups.append({"params": tower_params, "lr": args.lr * args.tower_lr_ratio})
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in groups], total_steps=args.steps, pct_start=0.1
+    cfg = TowerAdaptConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seconds=args.seconds,
+        train=[f"net.{BLOCKS[b - 1]}." for b in train_blocks],
+        lr=args.lr,
+        tower_lr_ratio=args.tower_lr_ratio,
     )
     augment_cfg = AugmentConfig()
     augment_cfg.speed.p = args.speed_p
-    augmenter = Augmenter(augment_cfg) if args.augment else None
-    generator = torch.Generator().manual_seed(args.seed)
-    threads = torch.get_num_threads()
-    start = time.perf_counter()
-    bar = progress_bar(range(args.steps), desc=f"fine-tune blocks {train_blocks or 'none'}", unit="step")
-    for step in bar:
-        model.train()
-        model.tower.eval()  # BatchNorm keeps its pretrained statistics
-        rows = torch.randint(len(waves["train"]), (args.batch_size,), generator=generator).tolist()
-        batch = []
-        torch.set_num_threads(1)  # the chain's many small ops lose time to thread hand-offs
-        for row in rows:
-            wave = waves["train"][row]
-            if augmenter is not None:
-                wave = augmenter(wave, rate, seed=mix_seed(args.seed, step, row))
-            batch.append(crop(wave, samples, generator))
-        torch.set_num_threads(threads)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(torch.stack(batch))
-        loss = nn.functional.cross_entropy(logits.float(), targets[rows], label_smoothing=0.1)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    seconds = time.perf_counter() - start
+    torch.manual_seed(args.seed)
+    tower = create_model(work.config.model.name).audio_tower
+    model = train_tower_classifier(
+        tower,
+        waves["train"],
+        [r["class"] for r in splits["train"]],
+        rate,
+        cfg,
+        augmenter=Augmenter(augment_cfg) if args.augment else None,
+        seed=args.seed,
+        names=[r["audio"] for r in splits["train"]],
+    )
+    samples = round(args.seconds * rate)
     result = {
         "train_blocks": train_blocks,
-        "train_seconds": round(seconds, 1),
-        "in_source": evaluate(model, waves["test"], splits["test"], classes, samples),
-        "cross_source": evaluate(model, waves["cross"], splits["cross"], classes, samples),
+        "train_seconds": model.stats["train_seconds"],
+        "in_source": evaluate(model, waves["test"], splits["test"], samples),
+        "cross_source": evaluate(model, waves["cross"], splits["cross"], samples),
     }
     print(
         f"blocks {train_blocks or 'none (frozen)'}: in-source {result['in_source']['all']['top1']:.3f}, "

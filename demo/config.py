@@ -87,6 +87,19 @@ class FeaturesSection:
 
 
 @dataclass
+class TowerSection:
+    """The audio tower adapted to the training clips before the features are stored (``clapkit.adapt``)."""
+
+    steps: int = 0  # 0: the pretrained tower as it is
+    batch_size: int = 32  # crops per step
+    seconds: float = 3.0  # crop length
+    train: list[str] = field(default_factory=lambda: ["net.conv_block2.", "net.conv_block3.", "net.conv_block4."])
+    lr: float = 1.0e-3  # classifier peak rate; the tower's is tower_lr_ratio of it
+    tower_lr_ratio: float = 0.1
+    augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig fields of the crops' views
+
+
+@dataclass
 class ArmSection:
     loss: str  # clapkit.losses.LOSSES name
     negatives: bool = False  # hard-negative captions
@@ -177,6 +190,7 @@ class DemoConfig:
     scenes: ScenesSection = field(default_factory=ScenesSection)
     benchmark: BenchmarkSection = field(default_factory=BenchmarkSection)
     shards: ShardsSection = field(default_factory=ShardsSection)
+    tower: TowerSection = field(default_factory=TowerSection)
     features: FeaturesSection = field(default_factory=FeaturesSection)
     train: TrainSection = field(default_factory=TrainSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)

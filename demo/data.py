@@ -13,6 +13,7 @@ import torch
 
 import clapkit
 from clapkit.cache import FeatureStore
+from clapkit.checkpoint import load_state, read_safetensors
 from clapkit.compose.benchmark import BENCHMARK_KINDS, hold_out_pairs
 from clapkit.compose.scenes import ComposerConfig, EventClip, EventPhrase
 from clapkit.config import from_mapping
@@ -45,6 +46,20 @@ class Workspace:
         self._given_dataset = Path(config.data.dataset_dir).resolve() if config.data.dataset_dir else None
         self._model: ClapModel | None = None
         self._stores: tuple[FeatureStore, FeatureStore] | None = None
+        self._tower_weights: Path | None = None
+
+    @property
+    def tower_weights(self) -> Path | None:
+        """The adapted audio tower's weights (the tower step's ``audio_tower.safetensors``), ``None`` when the
+        pretrained tower is used as it is."""
+        return self._tower_weights
+
+    def use_tower_weights(self, path: Path | None) -> None:
+        """Build :meth:`model` with the audio tower's weights from ``path`` (``None``: the pretrained ones)."""
+        if path != self._tower_weights:
+            self._tower_weights = path
+            self._model = None
+            self._stores = None
 
     @property
     def dataset_dir(self) -> Path:
@@ -56,11 +71,16 @@ class Workspace:
         return clapkit.get_model_config(m.name, **m.overrides).audio.sample_rate
 
     def model(self) -> ClapModel:
-        """The untrained architecture with its pretrained frozen towers (for the feature step)."""
+        """The untrained architecture with its frozen towers (for the feature step): the pretrained ones, the audio
+        tower adapted when the tower step ran (:meth:`use_tower_weights`)."""
         if self._model is None:
             m = self.config.model
             torch.manual_seed(self.config.seed)  # towers without pretrained weights start from the same draw
-            self._model = clapkit.create_model(m.name, pretrained=m.pretrained, **m.overrides).eval()
+            model = clapkit.create_model(m.name, pretrained=m.pretrained, **m.overrides).eval()
+            if self._tower_weights is not None:
+                path = self._tower_weights
+                load_state(model.audio_tower, read_safetensors(path), f"adapted audio tower {path}")
+            self._model = model
         return self._model
 
     def records(self, split: str) -> list[dict[str, Any]]:

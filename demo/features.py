@@ -31,6 +31,7 @@ from clapkit.data.writer import WriterConfig, parse_size, write_shards
 from clapkit.io import atomic_write_text
 from clapkit.steps import StepRunner, fingerprint
 from demo.data import Workspace
+from demo.tower import make_tower
 
 __all__ = ["TrainSample", "make_features", "make_shards", "tower_settings", "train_samples", "view_key"]
 
@@ -235,11 +236,14 @@ def tower_settings(work: Workspace) -> dict[str, Any]:
 
 
 def make_features(work: Workspace, runner: StepRunner) -> dict[str, Any]:
-    """Step 5: the frozen towers' outputs of every training, counterfactual and held-out window and every text."""
+    """Step 5: the frozen towers' outputs of every training, counterfactual and held-out window and every text
+    (after step 5a, ``demo.tower``, when the audio tower is adapted first)."""
+    adapted = make_tower(work, runner)
     folder = work.out / "features"
-    fp = fingerprint(
-        runner.fingerprints["shards"], runner.fingerprints["benchmark"], tower_settings(work), work.config.features
-    )
+    inputs = [runner.fingerprints["shards"], runner.fingerprints["benchmark"], tower_settings(work)]
+    if adapted is not None:
+        inputs.append(runner.fingerprints["tower"])
+    fp = fingerprint(*inputs, work.config.features)
     s = runner.step("features", fp, folder, lambda: _store_features(work, folder))
     runner.log(
         f"        audio windows: {s['train_windows']} training ({s.get('clip_views', 0)} augmented clip views), "
