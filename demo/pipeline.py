@@ -1,8 +1,9 @@
 """The demo's steps in order, over one config (``Demo.run``); each step prints what it made and how long it took,
 and a finished step is reused by the next run when its inputs and settings are unchanged.
 
-1. **data** (``demo.data``), 2. **scenes** and 3. **benchmark** (``demo.scenes``), 4. **shards** and
-5. **features** (``demo.features``), 6. **train** (``demo.training``), the **lalm** stages (``demo.lalm``),
+1. **data** (``demo.data``), 2. **scenes** and 3. **benchmark** (``demo.scenes``), 4. **shards** (``demo.features``),
+5. **tower** (``demo.tower``, the audio tower adapted to the training clips) and **features** (``demo.features``),
+6. **train** (``demo.training``), the **lalm** stages (``demo.lalm``),
 7. **evaluate** (``demo.evaluation``), 8. **search** (``demo.search``).
 """
 
